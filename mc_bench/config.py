@@ -1,0 +1,268 @@
+"""Typed manifests: datasets, models and study profiles, loaded from YAML and validated.
+
+The manifests live in ``data_manifests/`` (``datasets.yaml``, ``models.yaml``, ``profiles.yaml``).
+Every problem is reported as one :class:`~mc_bench.errors.ManifestError` that names the file, the entry
+and the fix. Loading a manifest never writes anything.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ManifestError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MANIFEST_DIR = REPO_ROOT / "data_manifests"
+ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
+
+WORLD_PREFIX = "world:"
+HUB_PREFIX = "hf:"
+
+
+def cache_dir() -> Path:
+    """Where built datasets and derived files go: ``$MC_BENCH_CACHE`` or ``~/.cache/mc_bench``."""
+    return Path(os.environ.get("MC_BENCH_CACHE", Path.home() / ".cache" / "mc_bench")).expanduser()
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SplitSpec(_Strict):
+    """Names of the splits used for training and for held-out evaluation."""
+
+    train: str = "train"
+    eval: str = "test"
+
+
+class DatasetSpec(_Strict):
+    """One image–caption dataset.
+
+    ``source`` is one of ``world:<generator>`` (built by :mod:`mc_bench.world`), ``hf:<dataset id>`` (a
+    Hugging Face dataset, with ``revision``), or a folder in the imagefolder layout (``<split>/metadata.jsonl``
+    with ``file_name`` and the caption column), relative to the manifest file.
+    """
+
+    id: str = Field(pattern=ID_PATTERN)
+    source: str
+    revision: str | None = None
+    role: Literal["source", "target"] = "target"
+    domain: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    image_column: str = "image"
+    caption_column: str = "text"
+    splits: SplitSpec = SplitSpec()
+    channels: Literal[1, 3] = 3
+    license: str
+    citation: str = ""
+
+    @property
+    def source_kind(self) -> Literal["world", "hub", "folder"]:
+        if self.source.startswith(WORLD_PREFIX):
+            return "world"
+        if self.source.startswith(HUB_PREFIX):
+            return "hub"
+        return "folder"
+
+    @model_validator(mode="after")
+    def _check_source(self):
+        if self.source_kind == "hub" and not self.revision:
+            raise ValueError("a hub dataset (hf:<id>) needs a `revision` (a commit hash or tag) for reproducibility")
+        if self.source_kind == "world":
+            from .world import GENERATORS  # local import: world imports config
+
+            name = self.source[len(WORLD_PREFIX):]
+            if name not in GENERATORS:
+                raise ValueError(f"unknown source {self.source!r}: world generators are {sorted(GENERATORS)}")
+        if self.source_kind == "folder" and "://" in self.source:
+            raise ValueError(
+                f"unknown source {self.source!r}: use world:<generator>, hf:<dataset id> or a local folder path"
+            )
+        return self
+
+
+MODEL_FAMILIES = ("tiny-sd", "sd1", "sd2", "sdxl", "pixart", "sd3", "flux")
+
+
+class ModelSpec(_Strict):
+    """One candidate text-to-image model: a diffusers folder or a hub id (``hf:<id>`` with ``revision``)."""
+
+    id: str = Field(pattern=ID_PATTERN)
+    source: str
+    revision: str | None = None
+    family: Literal[MODEL_FAMILIES]  # type: ignore[valid-type]
+    resolution: int = Field(gt=0)
+    prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon"
+    license: str = ""
+    # Scalar metadata used as model features by the ranker (parameter count, pretraining domains, ...).
+    metadata: dict[str, float | int | str | bool] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_source(self):
+        if self.source.startswith(HUB_PREFIX) and not self.revision:
+            raise ValueError("a hub model (hf:<id>) needs a `revision` (a commit hash or tag)")
+        if "://" in self.source or self.source.startswith(WORLD_PREFIX):
+            raise ValueError(f"unknown source {self.source!r}: use hf:<model id> or a local diffusers folder")
+        return self
+
+
+class TrainSettings(_Strict):
+    method: Literal["lora", "full"] = "lora"
+    steps: int = Field(default=200, gt=0)
+    batch_size: int = Field(default=16, gt=0)
+    learning_rate: float = Field(default=1e-3, gt=0)
+    lora_rank: int = Field(default=4, gt=0)
+    seed: int = 0
+
+
+class EvalSettings(_Strict):
+    n_samples: int = Field(default=64, gt=0)
+    num_inference_steps: int = Field(default=20, gt=0)
+    guidance_scale: float = Field(default=3.0, ge=0)
+    metrics: list[str] = Field(default_factory=lambda: ["fid", "kid", "clip_score"])
+    quality: str = "fid"
+
+
+class Profile(_Strict):
+    """A named study: a grid of models × datasets with training and evaluation settings."""
+
+    id: str = Field(pattern=ID_PATTERN)
+    description: str = ""
+    models: list[str] = Field(default_factory=list)
+    datasets: list[str]
+    train: TrainSettings = TrainSettings()
+    evaluate: EvalSettings = EvalSettings()
+
+    @field_validator("datasets")
+    @classmethod
+    def _non_empty(cls, value):
+        if not value:
+            raise ValueError("a profile needs at least one dataset")
+        return value
+
+
+class WorldSettings(_Strict):
+    """Settings shared by every ``world:`` dataset."""
+
+    resolution: Literal[16, 32] = 16
+    eval_fraction: float = Field(default=0.2, gt=0, lt=1)
+    min_split_images: int = Field(default=16, gt=0)
+
+
+class Manifests(_Strict):
+    """All manifests of a folder, cross-checked."""
+
+    folder: Path
+    world: WorldSettings
+    datasets: dict[str, DatasetSpec]
+    models: dict[str, ModelSpec]
+    profiles: dict[str, Profile]
+
+    def dataset(self, dataset_id: str) -> DatasetSpec:
+        if dataset_id not in self.datasets:
+            raise ManifestError(
+                self.folder / "datasets.yaml",
+                f"unknown dataset id {dataset_id!r}",
+                f"use one of {sorted(self.datasets)[:8]}... or add it to datasets.yaml",
+            )
+        return self.datasets[dataset_id]
+
+    def profile(self, profile_id: str) -> Profile:
+        if profile_id not in self.profiles:
+            raise ManifestError(
+                self.folder / "profiles.yaml", f"unknown profile {profile_id!r}", f"use one of {sorted(self.profiles)}"
+            )
+        return self.profiles[profile_id]
+
+
+# --------------------------------------------------------------------------------------------------- loading
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.exists():
+        raise ManifestError(path, "manifest file not found", "create it or point --manifests at the right folder")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}, line {mark.line + 1}" if mark else str(path)
+        raise ManifestError(where, f"not valid YAML ({getattr(err, 'problem', err)})", "fix the YAML syntax") from None
+    if not isinstance(data, dict):
+        raise ManifestError(path, "the top level must be a mapping", "start the file with a key such as `datasets:`")
+    return data
+
+
+def _entries(path: Path, data: dict, key: str) -> list[dict]:
+    entries = data.get(key, [])
+    if entries is None:
+        entries = []
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ManifestError(path, f"`{key}` must be a list of mappings", f"write `{key}:` followed by `- id: ...` items")
+    return entries
+
+
+def _parse(path: Path, cls: type[BaseModel], entry: dict, index: int):
+    label = entry.get("id", f"#{index + 1}")
+    try:
+        return cls.model_validate(entry)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "(entry)"
+        got = first.get("input")
+        got_text = f" (got {got!r})" if not isinstance(got, dict) else ""
+        raise ManifestError(
+            f"{path}, entry {label!r}, field `{field}`",
+            f"{first['msg']}{got_text}",
+            f"correct `{field}` in that entry; the schema is documented in data_manifests/README.md",
+        ) from None
+
+
+def _parse_all(path: Path, cls: type[BaseModel], entries: list[dict]) -> dict:
+    out: dict = {}
+    for i, entry in enumerate(entries):
+        item = _parse(path, cls, entry, i)
+        if item.id in out:
+            raise ManifestError(
+                f"{path}, entry #{i + 1}", f"duplicate id {item.id!r}", "give every entry a unique `id`"
+            )
+        out[item.id] = item
+    return out
+
+
+def load_manifests(folder: str | os.PathLike | None = None) -> Manifests:
+    """Load and cross-check ``datasets.yaml``, ``models.yaml`` and ``profiles.yaml`` from ``folder``."""
+    folder = Path(folder) if folder is not None else DEFAULT_MANIFEST_DIR
+    ds_path, m_path, p_path = folder / "datasets.yaml", folder / "models.yaml", folder / "profiles.yaml"
+
+    ds_data = _read_yaml(ds_path)
+    try:
+        world = WorldSettings.model_validate(ds_data.get("world") or {})
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise ManifestError(f"{ds_path}, `world.{field}`", first["msg"], "correct the world settings") from None
+    datasets = _parse_all(ds_path, DatasetSpec, _entries(ds_path, ds_data, "datasets"))
+    models = _parse_all(m_path, ModelSpec, _entries(m_path, _read_yaml(m_path), "models")) if m_path.exists() else {}
+    profiles = _parse_all(p_path, Profile, _entries(p_path, _read_yaml(p_path), "profiles")) if p_path.exists() else {}
+
+    for profile in profiles.values():
+        for kind, ids, known in (("model", profile.models, models), ("dataset", profile.datasets, datasets)):
+            for item in ids:
+                if item not in known:
+                    raise ManifestError(
+                        f"{p_path}, profile {profile.id!r}",
+                        f"unknown {kind} {item!r}",
+                        f"add {item!r} to {kind}s.yaml or remove it from the profile",
+                    )
+    return Manifests(folder=folder, world=world, datasets=datasets, models=models, profiles=profiles)
+
+
+def resolve_folder(manifest_folder: Path, source: str) -> Path:
+    """A dataset or model folder named in a manifest, relative to the manifest folder."""
+    path = Path(source).expanduser()
+    return path if path.is_absolute() else (manifest_folder / path).resolve()

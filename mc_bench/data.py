@@ -1,0 +1,153 @@
+"""Dataset folders: resolving a manifest entry to files, validating them, and reading them.
+
+Local datasets follow the Hugging Face *imagefolder* layout: one sub-folder per split, each holding the images and
+a ``metadata.jsonl`` whose rows have ``file_name`` and the caption column::
+
+    my-dataset/
+      train/metadata.jsonl   {"file_name": "0001.png", "text": "a red triangle on a blue background"}
+      train/0001.png
+      test/metadata.jsonl
+      test/...
+
+:func:`validate_folder` checks every row and image before anything is read for training, and raises one
+:class:`~mc_bench.errors.ManifestError` naming the file, the row and the fix. :func:`load_hf_dataset` opens the
+same folder (or a hub dataset id) through ``datasets.load_dataset``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .config import DatasetSpec, Manifests, WorldSettings, cache_dir, resolve_folder
+from .errors import ManifestError
+
+MODE_FOR_CHANNELS = {3: "RGB", 1: "L"}
+
+
+@dataclass(frozen=True)
+class SplitSummary:
+    split: str
+    n_images: int
+    example_caption: str
+
+
+def dataset_folder(manifests: Manifests, spec: DatasetSpec, root: Path | None = None) -> Path:
+    """The local folder of a ``world:`` or folder dataset (hub datasets have none)."""
+    if spec.source_kind == "world":
+        from .world import world_folder
+
+        return world_folder(root or cache_dir(), spec, manifests.world.resolution)
+    if spec.source_kind == "folder":
+        return resolve_folder(manifests.folder, spec.source)
+    raise ManifestError(
+        f"datasets.yaml, entry {spec.id!r}", "a hub dataset has no local folder",
+        "use load_hf_dataset(), or save it with `datasets` as an imagefolder and point `source` at that folder",
+    )
+
+
+def _read_metadata(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise ManifestError(path, "metadata.jsonl is missing", "add one JSON object per image with `file_name` and a caption")
+    rows = []
+    for line_no, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ManifestError(f"{path}, row {line_no}", f"not valid JSON ({err.msg})", "write one JSON object per line") from None
+        if not isinstance(row, dict):
+            raise ManifestError(f"{path}, row {line_no}", "a row must be a JSON object", "write {\"file_name\": ..., ...}")
+        rows.append((line_no, row))
+    return rows
+
+
+def _check_image(path: Path, where: str, channels: int) -> None:
+    try:
+        with Image.open(path) as im:
+            im.load()  # decodes every byte: catches truncated and corrupt files
+            mode = im.mode
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ManifestError(where, f"image {path.name} is corrupt or truncated ({err})",
+                            "re-export the image or remove its row from metadata.jsonl") from None
+    expected = MODE_FOR_CHANNELS[channels]
+    if mode != expected:
+        raise ManifestError(
+            where, f"image {path.name} has mode {mode!r} ({len(mode) if mode != 'P' else 'palette'} channels), "
+            f"expected {expected!r} ({channels} channels)",
+            f"convert it, e.g. Image.open(f).convert({expected!r}).save(f), or set `channels` in the manifest",
+        )
+
+
+def validate_split(folder: Path, split: str, spec: DatasetSpec, min_images: int) -> SplitSummary:
+    """Check one split folder row by row; returns its size and an example caption."""
+    split_dir = (folder / split)
+    meta = split_dir / "metadata.jsonl"
+    if not split_dir.is_dir():
+        raise ManifestError(folder, f"split folder {split!r} is missing",
+                            f"create {split}/ with images and metadata.jsonl, or change `splits` in the manifest")
+    rows = _read_metadata(meta)
+    root = split_dir.resolve()
+    seen = set()
+    for line_no, row in rows:
+        where = f"{meta}, row {line_no}"
+        name = row.get("file_name")
+        if not isinstance(name, str) or not name:
+            raise ManifestError(where, "`file_name` is missing", "give every row the image's file name")
+        target = (split_dir / name).resolve()
+        if not target.is_relative_to(root):
+            raise ManifestError(where, f"file_name {name!r} escapes the data folder {root}",
+                                "use a path inside the split folder (no '..' or absolute paths)")
+        if name in seen:
+            raise ManifestError(where, f"file_name {name!r} is listed twice", "list each image once")
+        seen.add(name)
+        if not target.is_file():
+            raise ManifestError(where, f"image {name!r} is missing", f"add {target} or remove the row")
+        caption = row.get(spec.caption_column)
+        if not isinstance(caption, str) or not caption.strip():
+            raise ManifestError(where, f"empty caption in column {spec.caption_column!r}",
+                                "write a caption that describes the image, or remove the row")
+        _check_image(target, where, spec.channels)
+    if len(rows) < min_images:
+        raise ManifestError(meta, f"split {split!r} has {len(rows)} images, fewer than the minimum {min_images}",
+                            "add images, or lower `world.min_split_images` in datasets.yaml")
+    return SplitSummary(split, len(rows), rows[0][1][spec.caption_column])
+
+
+def validate_folder(folder: Path, spec: DatasetSpec, world: WorldSettings) -> dict[str, SplitSummary]:
+    """Validate the train and eval splits of a dataset folder. Reads only; writes nothing."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ManifestError(f"datasets.yaml, entry {spec.id!r}", f"dataset folder {folder} does not exist",
+                            "fix `source`, or build world datasets with `mc-bench world datasets`")
+    return {role: validate_split(folder, name, spec, world.min_split_images)
+            for role, name in (("train", spec.splits.train), ("eval", spec.splits.eval))}
+
+
+def read_split(folder: Path, split: str, caption_column: str = "text") -> tuple[np.ndarray, list[str]]:
+    """All images of a validated split as a ``uint8`` array (n, h, w, c) and their captions."""
+    rows = _read_metadata(Path(folder) / split / "metadata.jsonl")
+    images, captions = [], []
+    for _, row in rows:
+        with Image.open(Path(folder) / split / row["file_name"]) as im:
+            images.append(np.asarray(im))
+        captions.append(row[caption_column])
+    return np.stack(images), captions
+
+
+def load_hf_dataset(manifests: Manifests, spec: DatasetSpec):
+    """A ``datasets.DatasetDict`` for any source: local folders through the ``imagefolder`` builder, hub ids
+    through ``datasets.load_dataset(id, revision=...)``. Columns are renamed to ``image`` and ``text``."""
+    import datasets
+
+    if spec.source_kind == "hub":
+        ds = datasets.load_dataset(spec.source[3:], revision=spec.revision)
+    else:
+        ds = datasets.load_dataset("imagefolder", data_dir=str(dataset_folder(manifests, spec)))
+    renames = {old: new for old, new in ((spec.image_column, "image"), (spec.caption_column, "text")) if old != new}
+    return ds.rename_columns(renames) if renames else ds
