@@ -1,0 +1,349 @@
+"""A fine-tuning history: the tables Match & Choose learns from.
+
+Schema (CSV or Parquet; one folder, described by ``history.yaml``):
+
+``runs``
+    one row per fine-tuning run: ``model``, ``dataset``, optional ``seed``, and one or more quality columns.
+    Each quality column has a declared direction (``higher`` or ``lower`` is better). Several seeds of the same
+    (model, dataset) pair are averaged; without a ``seed`` column a repeated pair is an error.
+``model_features``
+    one row per model (column ``model``); numeric columns are features, text columns become categorical
+    features. The optional column ``pretrain_dataset`` names the dataset(s) a model was pretrained on
+    (``;``-separated ids of the similarity matrix); it links model nodes to dataset nodes in the matching graph.
+``dataset_features``
+    one row per dataset (column ``dataset``), numeric; embedding vectors as columns ``emb_0 … emb_k``.
+    Missing values (NaN) are allowed in feature tables.
+``similarity`` (optional)
+    a square dataset × dataset matrix (first column = row ids, header = the same ids), symmetric, either a
+    ``similarity`` (larger is closer) or a ``distance`` (smaller is closer). Without it, dataset similarity is the
+    cosine of the ``emb_*`` columns.
+
+``history.yaml``::
+
+    runs: runs.csv
+    quality: {fid: lower, clip_score: higher}
+    label: fid                 # the quality column used as the selection label (default: the first)
+    model_features: models.csv
+    dataset_features: datasets.csv
+    similarity: {file: similarity.csv, kind: distance}   # optional
+
+Every problem is one :class:`~mc_bench.errors.HistoryError` naming the table and the fix.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from .errors import HistoryError
+
+Direction = Literal["higher", "lower"]
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise HistoryError(path, "table not found", "check the file name in history.yaml")
+    if path.suffix == ".parquet":
+        return pd.read_parquet(path)
+    return pd.read_csv(path)
+
+
+@dataclass(frozen=True)
+class History:
+    """A validated fine-tuning history. Build it with :meth:`from_tables`, :func:`load_history` or
+    :func:`from_transfergraph`; never mutate it — :meth:`without_runs` and :meth:`subset` return new ones."""
+
+    runs: pd.DataFrame  # model, dataset, <quality columns>; one row per pair (seeds averaged)
+    quality: dict[str, Direction]
+    label: str
+    model_features: pd.DataFrame  # index: model
+    dataset_features: pd.DataFrame  # index: dataset
+    similarity: pd.DataFrame | None = None  # dataset × dataset, larger = closer, in [0, 1]
+    pretrain: dict[str, tuple[str, ...]] = field(default_factory=dict)  # model -> pretraining dataset ids
+    source: str = "tables"
+
+    # ------------------------------------------------------------------------------------------ building
+
+    @classmethod
+    def from_tables(
+        cls,
+        runs: pd.DataFrame,
+        quality: dict[str, Direction],
+        model_features: pd.DataFrame | None = None,
+        dataset_features: pd.DataFrame | None = None,
+        similarity: pd.DataFrame | None = None,
+        similarity_kind: Literal["similarity", "distance"] = "similarity",
+        label: str | None = None,
+        source: str = "tables",
+    ) -> "History":
+        """Validate raw tables (see the module docstring) and return a :class:`History`."""
+        runs = runs.copy()
+        for col in ("model", "dataset"):
+            if col not in runs.columns:
+                raise HistoryError(f"{source}: runs", f"column {col!r} is missing", "name the columns model, dataset, <quality>")
+        runs["model"] = runs["model"].astype(str)
+        runs["dataset"] = runs["dataset"].astype(str)
+        if not quality:
+            raise HistoryError(f"{source}: runs", "no quality column declared", "declare quality: {column: higher|lower}")
+        for col, direction in quality.items():
+            if col not in runs.columns:
+                raise HistoryError(f"{source}: runs", f"quality column {col!r} is missing", "add it or fix `quality`")
+            if direction not in ("higher", "lower"):
+                raise HistoryError(f"{source}: quality", f"column {col!r} has direction {direction!r}",
+                                   "declare each quality column as `higher` or `lower` (is better)")
+            values = pd.to_numeric(runs[col], errors="coerce")
+            bad = ~np.isfinite(values.to_numpy(dtype=float))
+            if bad.any():
+                row = runs.loc[bad].iloc[0]
+                raise HistoryError(
+                    f"{source}: runs, row {int(np.flatnonzero(bad)[0])} ({row['model']}, {row['dataset']})",
+                    f"quality {col!r} is {row[col]!r} (NaN, infinite or not a number)",
+                    "drop failed runs from the table or record them as not computed elsewhere",
+                )
+            runs[col] = values
+        label = label or next(iter(quality))
+        if label not in quality:
+            raise HistoryError(f"{source}: label", f"label {label!r} is not a declared quality column",
+                               f"use one of {list(quality)}")
+        dup = runs.duplicated(["model", "dataset"], keep=False)
+        if dup.any() and "seed" not in runs.columns:
+            row = runs.loc[dup].iloc[0]
+            raise HistoryError(f"{source}: runs", f"({row['model']}, {row['dataset']}) appears {int(dup.sum())} times "
+                               "in all duplicated pairs, and there is no seed column",
+                               "add a `seed` column (seeds are averaged) or remove the duplicates")
+        # Seeds are averaged; extra columns (hyper-parameters, timings) are not part of the history.
+        runs = runs.groupby(["model", "dataset"], as_index=False, sort=True)[list(quality)].mean()
+
+        models = sorted(runs["model"].unique())
+        datasets_with_runs = sorted(runs["dataset"].unique())
+        if len(datasets_with_runs) < 3:
+            raise HistoryError(f"{source}: runs", f"only {len(datasets_with_runs)} datasets have runs",
+                               "a history needs at least 3 datasets (one held out, two to learn from)")
+        if len(models) < 2:
+            raise HistoryError(f"{source}: runs", f"only {len(models)} model has runs", "a history needs at least 2 models")
+
+        mf = _feature_table(model_features, "model", models, source)
+        pretrain: dict[str, tuple[str, ...]] = {}
+        if "pretrain_dataset" in mf.columns:
+            for m, val in mf.pop("pretrain_dataset").items():
+                if isinstance(val, str) and val:
+                    pretrain[m] = tuple(v.strip() for v in val.split(";") if v.strip())
+        df = _feature_table(dataset_features, "dataset", datasets_with_runs, source)
+        sim = None
+        if similarity is not None:
+            sim = _similarity_matrix(similarity, similarity_kind, source)
+            missing = [d for d in df.index if d not in sim.index]
+            if missing:
+                raise HistoryError(f"{source}: similarity", f"datasets {missing[:5]} are not in the matrix",
+                                   "give the matrix a row and column for every dataset")
+            unknown = sorted({d for ds in pretrain.values() for d in ds} - set(sim.index))
+            if unknown:
+                raise HistoryError(f"{source}: model_features.pretrain_dataset", f"unknown datasets {unknown[:5]}",
+                                   "name pretraining datasets by their ids in the similarity matrix")
+        elif not any(c.startswith("emb_") for c in df.columns):
+            sim = None  # no similarity at all: data–data edges and distance-based baselines are unavailable
+        return cls(runs=runs.reset_index(drop=True), quality=dict(quality), label=label, model_features=mf,
+                   dataset_features=df, similarity=sim, pretrain=pretrain, source=source)
+
+    # ------------------------------------------------------------------------------------------ views
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.model_features.index)
+
+    @property
+    def datasets(self) -> list[str]:
+        """Datasets with at least one run."""
+        return sorted(self.runs["dataset"].unique())
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.quality[self.label] == "higher"
+
+    def label_matrix(self) -> pd.DataFrame:
+        """The label as a model × dataset matrix (NaN where a pair was not run)."""
+        return self.runs.pivot(index="model", columns="dataset", values=self.label).reindex(index=self.models)
+
+    def normalised(self) -> pd.DataFrame:
+        """Label min–max normalised within each dataset, direction-aware: 1 = best model, 0 = worst."""
+        q = self.label_matrix()
+        lo, hi = q.min(axis=0), q.max(axis=0)
+        span = (hi - lo).replace(0, np.nan)
+        norm = (q - lo) / span if self.higher_is_better else (hi - q) / span
+        return norm.mask(q.notna() & norm.isna(), 1.0)  # a dataset where all models tie: every model is best
+
+    def dataset_similarity(self) -> pd.DataFrame | None:
+        """Dataset × dataset similarity in [0, 1] for every dataset with features (given matrix, else cosine)."""
+        if self.similarity is not None:
+            return self.similarity
+        emb = self.dataset_features[[c for c in self.dataset_features.columns if c.startswith("emb_")]]
+        if emb.shape[1] == 0:
+            return None
+        x = emb.to_numpy(dtype=float)
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        return pd.DataFrame((x @ x.T + 1) / 2, index=emb.index, columns=emb.index)
+
+    def without_runs(self, datasets: list[str] | str) -> "History":
+        """The same history with every run on ``datasets`` removed (their features and similarities stay):
+        what a model-selection method may know about a new dataset."""
+        drop = {datasets} if isinstance(datasets, str) else set(datasets)
+        return replace(self, runs=self.runs[~self.runs["dataset"].isin(drop)].reset_index(drop=True))
+
+    def subset(self, models: list[str] | None = None, datasets: list[str] | None = None) -> "History":
+        """Keep only some models and/or datasets' runs (for model-ratio and history-ratio sweeps)."""
+        runs = self.runs
+        mf = self.model_features
+        if models is not None:
+            runs = runs[runs["model"].isin(models)]
+            mf = mf.loc[[m for m in mf.index if m in set(models)]]
+        if datasets is not None:
+            runs = runs[runs["dataset"].isin(datasets)]
+        return replace(self, runs=runs.reset_index(drop=True), model_features=mf,
+                       pretrain={m: v for m, v in self.pretrain.items() if m in mf.index})
+
+    def with_dataset(self, dataset: str, features: dict[str, float], similarity: dict[str, float] | None = None) -> "History":
+        """Add a new dataset (no runs) with its features and, optionally, its similarity to known datasets."""
+        df = pd.concat([self.dataset_features, pd.DataFrame([features], index=[dataset])])
+        sim = self.similarity
+        if similarity is not None and sim is not None:
+            row = pd.Series(similarity).reindex(sim.index)
+            if row.isna().any():
+                raise HistoryError("new dataset", f"similarity to {list(row.index[row.isna()])[:5]} is missing",
+                                   "give its similarity to every dataset of the history")
+            sim = sim.copy()
+            sim.loc[dataset] = row
+            sim[dataset] = pd.concat([row, pd.Series({dataset: 1.0})])
+        return replace(self, dataset_features=df, similarity=sim)
+
+
+def _feature_table(table: pd.DataFrame | None, key: str, ids: list[str], source: str) -> pd.DataFrame:
+    if table is None:
+        return pd.DataFrame(index=pd.Index(ids, name=key))
+    table = table.copy()
+    if key not in table.columns:
+        raise HistoryError(f"{source}: {key}_features", f"column {key!r} is missing", f"add a {key!r} id column")
+    table[key] = table[key].astype(str)
+    if table[key].duplicated().any():
+        dup = table.loc[table[key].duplicated(), key].iloc[0]
+        raise HistoryError(f"{source}: {key}_features", f"{key} {dup!r} has two rows", "keep one row per id")
+    table = table.set_index(key)
+    unknown = [i for i in ids if i not in table.index]
+    if unknown:
+        raise HistoryError(f"{source}: {key}_features", f"{key}s {unknown[:5]} have runs but no features row",
+                           f"add a row for every {key} of the runs table")
+    for col in table.columns:
+        if col == "pretrain_dataset":
+            continue
+        if table[col].dtype == object or pd.api.types.is_string_dtype(table[col]):
+            numeric = pd.to_numeric(table[col], errors="coerce")
+            if numeric.notna().sum() == table[col].notna().sum():
+                table[col] = numeric
+            else:
+                table[col] = table[col].astype("category")
+        vals = table[col]
+        if pd.api.types.is_numeric_dtype(vals) and np.isinf(vals.to_numpy(dtype=float)).any():
+            raise HistoryError(f"{source}: {key}_features", f"column {col!r} has infinite values", "use NaN for unknown")
+    return table
+
+
+def _similarity_matrix(matrix: pd.DataFrame, kind: str, source: str) -> pd.DataFrame:
+    where = f"{source}: similarity"
+    if kind not in ("similarity", "distance"):
+        raise HistoryError(where, f"kind {kind!r}", "declare the matrix as `similarity` or `distance`")
+    m = matrix.copy()
+    m.index = m.index.astype(str)
+    m.columns = m.columns.astype(str)
+    if m.shape[0] != m.shape[1] or list(m.index) != list(m.columns):
+        raise HistoryError(where, f"the matrix is {m.shape[0]}×{m.shape[1]} or its rows and columns differ",
+                           "write a square matrix whose header lists the row ids in the same order")
+    x = m.to_numpy(dtype=float)
+    if not np.isfinite(x).all():
+        raise HistoryError(where, "the matrix has NaN or infinite entries", "fill every pair")
+    if not np.allclose(x, x.T, rtol=1e-6, atol=1e-8):
+        i, j = np.unravel_index(np.argmax(np.abs(x - x.T)), x.shape)
+        raise HistoryError(where, f"the matrix is not symmetric ({m.index[i]}, {m.columns[j]}: {x[i, j]} vs {x[j, i]})",
+                           "symmetrise it, e.g. (M + M.T) / 2")
+    if kind == "distance":
+        off = x[~np.eye(len(x), dtype=bool)]
+        scale = np.median(off) if off.size and np.median(off) > 0 else 1.0
+        x = np.exp(-x / scale)  # distance -> similarity in (0, 1]; 1 on the diagonal
+    else:
+        lo, hi = x.min(), x.max()
+        x = (x - lo) / (hi - lo) if hi > lo else np.ones_like(x)
+    return pd.DataFrame(x, index=m.index, columns=m.columns)
+
+
+# ---------------------------------------------------------------------------------------------- loaders
+
+
+def load_history(folder: str | Path) -> History:
+    """Load a history folder described by ``history.yaml`` (see the module docstring)."""
+    folder = Path(folder)
+    spec_path = folder / "history.yaml"
+    if not spec_path.is_file():
+        raise HistoryError(spec_path, "history.yaml not found", "describe the tables in history.yaml (see mc_bench.history)")
+    spec = yaml.safe_load(spec_path.read_text()) or {}
+    sim_spec = spec.get("similarity")
+    sim = None
+    kind = "similarity"
+    if sim_spec:
+        sim = read_table(folder / sim_spec["file"])
+        sim = sim.set_index(sim.columns[0])
+        kind = sim_spec.get("kind", "similarity")
+    return History.from_tables(
+        runs=read_table(folder / spec.get("runs", "runs.csv")),
+        quality=spec.get("quality") or {},
+        label=spec.get("label"),
+        model_features=read_table(folder / spec["model_features"]) if spec.get("model_features") else None,
+        dataset_features=read_table(folder / spec["dataset_features"]) if spec.get("dataset_features") else None,
+        similarity=sim,
+        similarity_kind=kind,
+        source=str(folder),
+    )
+
+
+TRANSFERGRAPH_TARGETS = ("stanfordcars", "svhn", "caltech101", "pets", "cifar100", "flowers",
+                         "smallnorb_label_elevation", "dtd")
+
+
+def from_transfergraph(folder: str | Path) -> History:
+    """Import TransferGraph's public image-classification records unchanged (folder layout of
+    ``../shared/external/transfergraph/image_classification``)."""
+    folder = Path(folder)
+    records = read_table(folder / "records.csv")
+    runs = records.rename(columns={"finetuned_dataset": "dataset"})[["model", "dataset", "eval_accuracy"]]
+    config = read_table(folder / "model_config_dataset.csv")
+    # A model's pretraining dataset: the `dataset` column, or — for models fine-tuned on ad-hoc Hugging Face
+    # picture sets ("hfpics") — its label list, which is how TransferGraph names those datasets.
+    pretrain = np.where(config["dataset"] == "hfpics", config["labels"], config["dataset"])
+    mf = pd.DataFrame({
+        "model": config["model"],
+        "input_shape": config["input_shape"],
+        "output_shape": config["output_shape"],
+        "n_labels": config["#labels"],
+        "pretrain_accuracy": config["accuracy"],
+        "log_parameters": np.log10(config["number_of_parameters"].clip(lower=1)),
+        "memory_consumption": config["memory_consumption"],
+        "model_type": config["model_type"],
+        "architecture": config["architectures"].map(lambda s: ast.literal_eval(s)[0] if isinstance(s, str) else s),
+        "pretrain_dataset": pretrain,
+    })
+    mf = mf[mf["model"].isin(set(runs["model"]))]
+    dist = read_table(next(folder.glob("corr_domain_similarity_*.csv")))
+    dist = dist.set_index(dist.columns[0])
+    # Pretraining datasets absent from the distance matrix (a few Hugging Face picture sets) get no link.
+    mf["pretrain_dataset"] = mf["pretrain_dataset"].where(mf["pretrain_dataset"].isin(set(dist.index)))
+    feats = read_table(folder / "target_dataset_features.csv").rename(columns={"finetune_dataset": "dataset"})
+    feats["log_size"] = np.log10(feats.pop("size"))
+    feats["log_classes"] = np.log10(feats.pop("number_of_classes"))
+    feats = feats.set_index("dataset").reindex(sorted(runs["dataset"].unique())).rename_axis("dataset").reset_index()
+    return History.from_tables(runs=runs, quality={"eval_accuracy": "higher"}, model_features=mf,
+                               dataset_features=feats, similarity=dist, similarity_kind="distance",
+                               source=str(folder))
