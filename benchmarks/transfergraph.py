@@ -51,10 +51,11 @@ def published(folder: Path) -> pd.DataFrame:
 def methods() -> dict:
     out = default_methods()
     out.update({
-        "M&C (no graph embedding)": MatchAndChoose(embedding=None),
         "M&C (spectral embedding)": MatchAndChoose(embedding=SpectralGraphEmbedding()),
+        "M&C (embedding coordinates)": MatchAndChoose(embedding_coordinates=True),
         "M&C (lambdarank)": MatchAndChoose(objective="lambdarank"),
-        "M&C (prior: model mean)": MatchAndChoose(prior="model_mean"),
+        "M&C (pairwise features)": MatchAndChoose(neighbour_features=True),
+        "M&C (pairwise features, prior: model mean)": MatchAndChoose(neighbour_features=True, prior="model_mean"),
     })
     return out
 

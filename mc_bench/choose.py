@@ -160,19 +160,22 @@ def history_weighted_scores(norm: pd.DataFrame, similarity: pd.Series, bandwidth
 
 class MatchAndChoose(_Selector):
     """Match & Choose: a LightGBM ranker over model features, dataset features, graph embeddings of both, and
-    pairwise features.
+    (optionally) pairwise features.
 
     Parameters
     ----------
     embedding : Node2Vec, SpectralGraphEmbedding or None
-        Graph embedding learned on the matching graph (cloned and fitted in ``fit``); ``None`` for none.
+        Graph embedding learned on the matching graph (cloned and fitted in ``fit``); ``None`` for none. It
+        enters the features as the model–dataset affinity (cosine of the two node embeddings).
+    embedding_coordinates : bool
+        Also give the ranker the raw embedding coordinates of both nodes (2 × dimensions features).
     objective : "lambdarank" or "regression"
         LightGBM objective: learning-to-rank per dataset with integer relevance grades, or regression on the
         normalised quality (TransferGraph's set-up).
     n_grades : int
         Relevance grades for lambdarank: ``round(normalised quality * (n_grades - 1))``; gains ``2**g - 1``.
     neighbour_features : bool
-        Add pairwise features computed from the other datasets' runs only: the model's mean normalised quality,
+        Add collaborative pairwise features computed from the other datasets' runs only: the model's mean normalised quality,
         its history-weighted score on the dataset, and the similarity of the dataset to the model's pretraining
         data.
     bandwidth : float or None
@@ -188,10 +191,10 @@ class MatchAndChoose(_Selector):
     """
 
     def __init__(self, embedding=Node2Vec(), objective: Literal["lambdarank", "regression"] = "regression",
-                 n_grades: int = 8, neighbour_features: bool = True, bandwidth: float | None = None,
+                 n_grades: int = 8, neighbour_features: bool = False, bandwidth: float | None = None,
                  edge_threshold: float = 0.5, data_knn: int = 5, n_estimators: int = 300,
                  learning_rate: float = 0.05, num_leaves: int = 15, min_child_samples: int = 10,
-                 colsample_bytree: float = 1.0, prior: Literal["none", "model_mean", "history_weighted"] = "none",
+                 colsample_bytree: float = 1.0, embedding_coordinates: bool = False, prior: Literal["none", "model_mean", "history_weighted"] = "none",
                  random_state: int = 0):
         self.embedding = embedding
         self.objective = objective
@@ -206,6 +209,7 @@ class MatchAndChoose(_Selector):
         self.min_child_samples = min_child_samples
         self.colsample_bytree = colsample_bytree
         self.prior = prior
+        self.embedding_coordinates = embedding_coordinates
         self.random_state = random_state
 
     # -- features --------------------------------------------------------------------------------------
@@ -226,8 +230,9 @@ class MatchAndChoose(_Selector):
             de = emb.reindex([dataset_node(d) for d in datasets]).to_numpy()
             me_t, de_r = np.tile(me, (len(datasets), 1)), np.repeat(de, n_m, axis=0)
             cols = emb.columns
-            blocks.append(pd.DataFrame(me_t, columns=[f"me_{c}" for c in cols]))
-            blocks.append(pd.DataFrame(de_r, columns=[f"de_{c}" for c in cols]))
+            if self.embedding_coordinates:
+                blocks.append(pd.DataFrame(me_t, columns=[f"me_{c}" for c in cols]))
+                blocks.append(pd.DataFrame(de_r, columns=[f"de_{c}" for c in cols]))
             cos = (me_t * de_r).sum(1) / np.maximum(np.linalg.norm(me_t, axis=1) * np.linalg.norm(de_r, axis=1), 1e-12)
             blocks.append(pd.DataFrame({"emb_cosine": cos}))
         if self.neighbour_features:
@@ -314,7 +319,7 @@ def default_methods() -> dict[str, _Selector]:
     """M&C with its defaults and every baseline, as evaluated in the report."""
     return {
         "M&C": MatchAndChoose(),
-        "metadata-only": MatchAndChoose(embedding=None, neighbour_features=False),
+        "metadata-only": MatchAndChoose(embedding=None),
         "history-weighted": HistoryWeighted(),
         "nearest-dataset": NearestDataset(),
         "global-best": GlobalBest(),
@@ -370,9 +375,10 @@ def ablations(history: History, targets: list[str] | None = None, base: MatchAnd
         ("embedding", "none"): clone(base).set_params(embedding=None),
         ("embedding", "node2vec"): clone(base).set_params(embedding=Node2Vec()),
         ("embedding", "spectral"): clone(base).set_params(embedding=SpectralGraphEmbedding()),
+        ("embedding coordinates", "on"): clone(base).set_params(embedding_coordinates=True),
         ("objective", "lambdarank"): clone(base).set_params(objective="lambdarank"),
         ("objective", "regression"): clone(base).set_params(objective="regression"),
-        ("pairwise features", "off"): clone(base).set_params(neighbour_features=False),
+        ("pairwise features", "on"): clone(base).set_params(neighbour_features=True),
     }
     frames = []
     for (ablation, value), method in variants.items():

@@ -121,7 +121,7 @@ class Node2Vec(BaseEstimator):
     against the first-order weighted proposal, which draws exactly from node2vec's transition probabilities.
     Deterministic for a fixed ``seed`` (gensim runs one worker)."""
 
-    def __init__(self, dimensions: int = 8, walk_length: int = 20, num_walks: int = 10, p: float = 1.0,
+    def __init__(self, dimensions: int = 32, walk_length: int = 20, num_walks: int = 10, p: float = 1.0,
                  q: float = 1.0, window: int = 5, epochs: int = 3, negative: int = 5, seed: int = 0):
         self.dimensions = dimensions
         self.walk_length = walk_length

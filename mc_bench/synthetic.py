@@ -21,7 +21,7 @@ from .history import History
 
 def synthetic_tables(n_models: int = 30, n_datasets: int = 20, n_domains: int = 4, n_latent: int = 3,
                      noise: float = 0.1, model_noise: float = 0.3, dataset_noise: float = 1.0,
-                     seed: int = 0) -> dict[str, pd.DataFrame]:
+                     domain_feature: bool = True, seed: int = 0) -> dict[str, pd.DataFrame]:
     """The raw tables (runs, model_features, dataset_features) of a synthetic history."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(scale=1.5, size=(n_domains, n_latent))
@@ -38,7 +38,9 @@ def synthetic_tables(n_models: int = 30, n_datasets: int = 20, n_domains: int = 
     mf = pd.DataFrame({"model": models, "log_params": b + rng.normal(scale=model_noise, size=n_models)})
     for i in range(n_latent):
         mf[f"skill_{i}"] = u[:, i] + rng.normal(scale=model_noise, size=n_models)
-    df = pd.DataFrame({"dataset": datasets, "domain": [f"domain{k}" for k in domain]})
+    df = pd.DataFrame({"dataset": datasets})
+    if domain_feature:
+        df["domain"] = [f"domain{k}" for k in domain]
     for i in range(n_latent):
         df[f"emb_{i}"] = v[:, i] + rng.normal(scale=dataset_noise, size=n_datasets)
     return {"runs": runs, "model_features": mf, "dataset_features": df}

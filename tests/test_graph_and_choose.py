@@ -1,0 +1,124 @@
+"""The matching graph, graph embeddings, selectors, leakage and planted-structure recovery."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.base import clone
+
+from mc_bench.choose import (GlobalBest, HistoryWeighted, MatchAndChoose, NearestDataset, RandomChoice,
+                             ablations, default_methods, leave_one_dataset_out)
+from mc_bench.graph import Node2Vec, SpectralGraphEmbedding, build_matching_graph, dataset_node, model_node
+from mc_bench.synthetic import synthetic_history
+
+
+@pytest.fixture(scope="module")
+def small():
+    return synthetic_history(n_models=8, n_datasets=6, seed=3)
+
+
+def test_graph_structure(small):
+    g = build_matching_graph(small, edge_threshold=0.5, data_knn=2)
+    kinds = {d["kind"] for _, _, d in g.edges(data=True)}
+    assert kinds == {"performance", "similarity"}
+    norm = small.normalised()
+    perf = [(u, v, d["weight"]) for u, v, d in g.edges(data=True) if d["kind"] == "performance"]
+    assert len(perf) == int((norm > 0.5).sum().sum())
+    for u, v, w in perf:
+        m, ds = (u, v) if u.startswith("model:") else (v, u)
+        assert w == pytest.approx(norm.loc[m[6:], ds[8:]]) and w > 0.5
+    assert all(g.degree(dataset_node(d)) >= 2 for d in small.datasets)
+
+
+def test_held_out_dataset_keeps_only_similarity_edges(small):
+    g = build_matching_graph(small.without_runs("d001"))
+    kinds = {d["kind"] for _, _, d in g.edges(dataset_node("d001"), data=True)}
+    assert kinds == {"similarity"}
+
+
+def test_no_leakage_of_held_out_results(small):
+    """Whatever the held-out dataset's results are, its predictions are identical."""
+    runs = small.runs.copy()
+    mask = runs["dataset"] == "d002"
+    runs.loc[mask, "accuracy"] = runs.loc[mask, "accuracy"].to_numpy()[::-1] * 0.5  # scrambled results
+    from dataclasses import replace
+
+    other = replace(small, runs=runs)
+    for method in default_methods().values():
+        a = clone(method).fit(small.without_runs("d002")).predict("d002")
+        b = clone(method).fit(other.without_runs("d002")).predict("d002")
+        pd.testing.assert_series_equal(a, b)
+    rows = leave_one_dataset_out(small, {"M&C": MatchAndChoose()}, targets=["d002"])
+    assert rows["n_models"].iloc[0] == 8
+
+
+def test_node2vec_is_deterministic_and_uses_all_nodes(small):
+    g = build_matching_graph(small)
+    a = Node2Vec(dimensions=8, num_walks=4, p=0.5, q=2.0).fit(g).embeddings_
+    b = Node2Vec(dimensions=8, num_walks=4, p=0.5, q=2.0).fit(g).embeddings_
+    pd.testing.assert_frame_equal(a, b)
+    assert set(a.index) == set(g.nodes) and a.shape[1] == 8
+
+
+def test_node2vec_walks_follow_edges_and_bias():
+    g = __import__("networkx").path_graph(5)
+    walks = Node2Vec(walk_length=30, num_walks=20, p=1e-3, q=1.0).walks(g)
+    for w in walks:
+        for a, b in zip(w, w[1:]):
+            assert g.has_edge(a, b)
+    # p -> 0: returning is (almost) certain, so walks oscillate between two nodes
+    assert np.mean([len(set(w)) for w in walks]) < 2.5
+
+
+def test_spectral_embedding(small):
+    emb = SpectralGraphEmbedding(dimensions=4).fit(build_matching_graph(small)).embeddings_
+    assert emb.shape == (len(small.models) + len(small.dataset_features), 4) and np.isfinite(emb.values).all()
+
+
+def test_estimator_api(small):
+    est = MatchAndChoose(embedding=None)
+    assert est.get_params()["objective"] == "regression" and not hasattr(est, "model_")
+    with pytest.raises(RuntimeError, match="not fitted"):
+        est.predict("d000")
+    assert est.fit(small) is est and hasattr(est, "model_") and hasattr(est, "feature_names_")
+    ranked = est.rank("d000")
+    assert list(ranked["rank"]) == list(range(1, 9)) and ranked["score"].is_monotonic_decreasing
+    lambdarank = MatchAndChoose(objective="lambdarank", embedding=None).fit(small)
+    assert lambdarank.predict("d000").notna().all()
+
+
+def test_baselines(small):
+    fold = small.without_runs("d000")
+    norm = fold.normalised()
+    gb = GlobalBest().fit(fold).predict("d000")
+    assert gb.idxmax() == norm.mean(axis=1).idxmax()
+    sim = fold.dataset_similarity().loc["d000"].drop("d000")
+    nd = NearestDataset().fit(fold).predict("d000")
+    assert nd.idxmax() == norm[sim.idxmax()].idxmax()
+    hw = HistoryWeighted(bandwidth=1e-6).fit(fold).predict("d000")  # tiny bandwidth: only the nearest counts
+    assert hw.idxmax() == norm[sim.idxmax()].idxmax()
+    hw_wide = HistoryWeighted(bandwidth=1e6).fit(fold).predict("d000")  # huge bandwidth: global mean
+    np.testing.assert_allclose(hw_wide.to_numpy(), norm.mean(axis=1).to_numpy(), atol=1e-6)
+    assert HistoryWeighted().fit(fold).bandwidth_ > 0
+    assert (RandomChoice().fit(fold).predict("d000") == 0).all()
+
+
+def test_random_baseline_is_exact_expectation(small):
+    rows = leave_one_dataset_out(small, {"random": RandomChoice()}, targets=["d000", "d001"])
+    assert rows["hit@1"].tolist() == pytest.approx([1 / 8, 1 / 8])
+
+
+def test_planted_structure_is_recovered():
+    """On a history whose quality is planted as skill x need, M&C beats every baseline on mean regret and rel@1."""
+    frames = [leave_one_dataset_out(synthetic_history(n_models=20, n_datasets=30, seed=s), n_jobs=2) for s in (0, 1)]
+    means = pd.concat(frames).groupby("method")[["regret", "rel@1"]].mean()
+    for baseline in means.index.drop("M&C"):
+        assert means.loc["M&C", "regret"] < means.loc[baseline, "regret"], baseline
+        assert means.loc["M&C", "rel@1"] > means.loc[baseline, "rel@1"], baseline
+    assert means.loc["random", "regret"] > 3 * means.loc["M&C", "regret"]
+
+
+def test_ablations_table(small):
+    df = ablations(small, targets=["d000"], base=MatchAndChoose(embedding=Node2Vec(dimensions=4, num_walks=2)),
+                   ratios=(0.5,), seeds=(0,))
+    assert {"default", "embedding", "objective", "model ratio", "history ratio"} <= set(df["ablation"])
+    assert df["hit@1"].between(0, 1).all()
