@@ -10,7 +10,9 @@ other 12 datasets). Writes to DIR (default results/transfergraph/):
 
 * ``comparison.csv`` — tidy: source (mc_bench | published), method, metric, dataset, value; the dataset
   ``mean`` is the mean over the published targets (the published ``average`` column is kept as ``published_average``);
-* ``summary.csv`` — one row per (source, method), the mean of each metric; printed.
+* ``summary.csv`` — one row per (source, method), the mean of each metric; printed;
+* with ``--ablations``: ``ablations.csv`` (mc_bench.choose.ablations: embedding, objective, pairwise features,
+  model-ratio and history-ratio sweeps) and ``ablations_summary.csv`` (means per ablation, value and method).
 
 The last line printed is ``rel@1=<mean> pearson=<mean>`` for the default M&C configuration.
 """
@@ -24,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mc_bench.choose import MatchAndChoose, default_methods, leave_one_dataset_out
+from mc_bench.choose import MatchAndChoose, ablations, default_methods, leave_one_dataset_out
 from mc_bench.config import REPO_ROOT
 from mc_bench.graph import SpectralGraphEmbedding
 from mc_bench.history import from_transfergraph
@@ -65,6 +67,7 @@ def main() -> None:
     parser.add_argument("folder", nargs="?", default=str(DEFAULT_FOLDER))
     parser.add_argument("--out", default=str(REPO_ROOT / "results" / "transfergraph"))
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--ablations", action="store_true", help="also run the ablation study (a few minutes)")
     args = parser.parse_args()
     folder, out = Path(args.folder), Path(args.out)
     warnings.filterwarnings("ignore", category=UserWarning)
@@ -93,6 +96,12 @@ def main() -> None:
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(summary[["source", "method", "rel@1", "rel@3", "rel@5", "top@1", "pearson"]].round(3).to_string(index=False))
     print(f"wrote {out / 'comparison.csv'} and {out / 'summary.csv'}")
+    if args.ablations:
+        abl = ablations(history, targets=targets, ks=(1, 3), n_jobs=args.jobs)
+        abl.to_csv(out / "ablations.csv", index=False)
+        table = abl.groupby(["ablation", "value", "method"], sort=False)[["rel@1", "hit@1", "regret", "pearson"]].mean()
+        table.reset_index().to_csv(out / "ablations_summary.csv", index=False, float_format="%.4f")
+        print(table.round(3).to_string())
     mc = summary[(summary["source"] == "mc_bench") & (summary["method"] == "M&C")].iloc[0]
     print(f"rel@1={mc['rel@1']:.4f} pearson={mc['pearson']:.4f}")
 

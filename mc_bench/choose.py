@@ -266,8 +266,9 @@ class MatchAndChoose(_Selector):
 
         self.history_ = history
         self.norm_ = history.normalised()
-        self.bandwidth_ = self.bandwidth if self.bandwidth is not None else select_bandwidth(
-            self.norm_, history.dataset_similarity())
+        self.bandwidth_ = self.bandwidth
+        if self.bandwidth_ is None and self.neighbour_features:
+            self.bandwidth_ = select_bandwidth(self.norm_, history.dataset_similarity())
         self.graph_ = build_matching_graph(history, self.edge_threshold, self.data_knn)
         self.embedding_ = clone(self.embedding).fit(self.graph_) if self.embedding is not None else None
         datasets = list(self.norm_.columns)

@@ -76,6 +76,53 @@ def validate(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------------- choose
+
+
+def choose_cmd(args) -> int:
+    """Rank the candidate models for a dataset, from a fine-tuning history."""
+    from .choose import MatchAndChoose
+    from .errors import HistoryError
+    from .history import from_transfergraph, load_history
+
+    history = from_transfergraph(args.history) if args.transfergraph else load_history(args.history)
+    dataset = args.dataset
+    if args.new_dataset:
+        spec = json.loads(Path(args.new_dataset).read_text())
+        dataset = spec.get("id", dataset)
+        if not dataset:
+            raise HistoryError(args.new_dataset, "the new dataset has no `id`", 'write {"id": ..., "features": {...}}')
+        history = history.with_dataset(dataset, spec.get("features", {}), spec.get("similarity"))
+    if dataset is None:
+        raise HistoryError(args.history, "no dataset given", "pass --dataset ID or --new-dataset FILE.json")
+    known = set(history.dataset_features.index) | set(
+        history.dataset_similarity().index if history.dataset_similarity() is not None else [])
+    if dataset not in known:
+        raise HistoryError(args.history, f"unknown dataset {dataset!r}",
+                           "pass a dataset of the history, or describe a new one with --new-dataset FILE.json")
+    held_out = dataset in history.datasets
+    if held_out:  # recommend as if it were new: none of its own results may be used
+        history = history.without_runs(dataset)
+    ranked = MatchAndChoose(random_state=args.seed).fit(history).rank(dataset).head(args.top)
+    sim = history.dataset_similarity()
+    nearest = (sim.loc[dataset].drop(dataset).loc[lambda s: s.index.isin(history.datasets)]
+               .sort_values(ascending=False).head(5)) if sim is not None and dataset in sim.index else None
+    if args.json:
+        print(json.dumps({"dataset": dataset, "held_out": held_out,
+                          "ranking": ranked.to_dict(orient="records"),
+                          "nearest_datasets": [] if nearest is None else
+                          [{"dataset": d, "similarity": float(v)} for d, v in nearest.items()]}, indent=1))
+        return 0
+    note = " (its own runs were held out)" if held_out else ""
+    print(f"Match & Choose for {dataset}{note}: {len(history.models)} candidates, "
+          f"learned from {len(history.datasets)} datasets\n")
+    _print_table([{"rank": r["rank"], "model": r["model"], "score": f"{r['score']:.4f}"}
+                  for r in ranked.to_dict(orient="records")], ["rank", "model", "score"])
+    if nearest is not None:
+        print("\nnearest known datasets: " + ", ".join(f"{d} ({v:.3f})" for d, v in nearest.items()))
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------- main
 
 
@@ -96,6 +143,16 @@ def build_parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="validate the manifests and every local dataset folder")
     val.add_argument("--cache", default=None)
     val.set_defaults(func=validate)
+
+    ch = sub.add_parser("choose", help="rank candidate models for a dataset from a fine-tuning history")
+    ch.add_argument("history", help="a history folder (history.yaml), or TransferGraph records with --transfergraph")
+    ch.add_argument("--transfergraph", action="store_true", help="HISTORY is in TransferGraph's public format")
+    ch.add_argument("--dataset", help="a dataset of the history (its own runs are held out)")
+    ch.add_argument("--new-dataset", help='JSON file: {"id": ..., "features": {...}, "similarity": {...}}')
+    ch.add_argument("--top", type=int, default=10)
+    ch.add_argument("--seed", type=int, default=0)
+    ch.add_argument("--json", action="store_true")
+    ch.set_defaults(func=choose_cmd)
 
     return parser
 

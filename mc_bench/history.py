@@ -210,7 +210,18 @@ class History:
 
     def with_dataset(self, dataset: str, features: dict[str, float], similarity: dict[str, float] | None = None) -> "History":
         """Add a new dataset (no runs) with its features and, optionally, its similarity to known datasets."""
-        df = pd.concat([self.dataset_features, pd.DataFrame([features], index=[dataset])])
+        known = self.dataset_features
+        unknown = sorted(set(features) - set(known.columns))
+        if unknown:
+            raise HistoryError("new dataset", f"features {unknown} are not features of the history",
+                               f"use the history's dataset features: {list(known.columns)}")
+        row = pd.DataFrame([features], index=[dataset]).reindex(columns=known.columns)
+        for col in known.columns:  # same dtypes as the history: categories keep their codes
+            if isinstance(known[col].dtype, pd.CategoricalDtype):
+                row[col] = pd.Categorical(row[col], categories=known[col].cat.categories)
+            else:
+                row[col] = pd.to_numeric(row[col], errors="coerce").astype(float)
+        df = pd.concat([known, row])
         sim = self.similarity
         if similarity is not None and sim is not None:
             row = pd.Series(similarity).reindex(sim.index)

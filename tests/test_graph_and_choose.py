@@ -122,3 +122,32 @@ def test_ablations_table(small):
                    ratios=(0.5,), seeds=(0,))
     assert {"default", "embedding", "objective", "model ratio", "history ratio"} <= set(df["ablation"])
     assert df["hit@1"].between(0, 1).all()
+
+
+def test_cli_choose(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    from mc_bench.synthetic import synthetic_tables
+
+    t = synthetic_tables(n_models=6, n_datasets=5, seed=1)
+    t["runs"].to_csv(tmp_path / "runs.csv", index=False)
+    t["model_features"].to_csv(tmp_path / "models.csv", index=False)
+    t["dataset_features"].to_csv(tmp_path / "datasets.csv", index=False)
+    (tmp_path / "history.yaml").write_text(yaml.safe_dump({
+        "runs": "runs.csv", "quality": {"accuracy": "higher"}, "model_features": "models.csv",
+        "dataset_features": "datasets.csv"}))
+    cmd = [sys.executable, "-m", "mc_bench", "choose", str(tmp_path), "--top", "3", "--json"]
+    out = json.loads(subprocess.run(cmd + ["--dataset", "d002"], capture_output=True, text=True, check=True).stdout)
+    assert out["held_out"] and [r["rank"] for r in out["ranking"]] == [1, 2, 3]
+    assert len(out["nearest_datasets"]) == 4 and "d002" not in [n["dataset"] for n in out["nearest_datasets"]]
+    new = {"id": "fresh", "features": {"domain": "domain1", "emb_0": 0.5, "emb_1": -1.0, "emb_2": 0.2}}
+    (tmp_path / "new.json").write_text(json.dumps(new))
+    out = json.loads(subprocess.run(cmd + ["--new-dataset", str(tmp_path / "new.json")], capture_output=True,
+                                    text=True, check=True).stdout)
+    assert out["dataset"] == "fresh" and not out["held_out"] and len(out["ranking"]) == 3
+    bad = subprocess.run(cmd + ["--dataset", "nope"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown dataset 'nope'" in bad.stderr and "Fix:" in bad.stderr
