@@ -297,8 +297,8 @@ class MatchAndChoose(_Selector):
 
     def predict(self, dataset: str) -> pd.Series:
         self._check_fitted()
-        if dataset not in self.history_.dataset_features.index and (
-                self.history_.dataset_similarity() is None or dataset not in self.history_.dataset_similarity().index):
+        sim = self.history_.dataset_similarity()
+        if dataset not in self.history_.dataset_features.index and (sim is None or dataset not in sim.index):
             raise ValueError(f"unknown dataset {dataset!r}: add it with History.with_dataset(...) first")
         models = self.history_.models
         x = self._pair_features(models, [dataset])

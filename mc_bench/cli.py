@@ -88,15 +88,19 @@ def choose_cmd(args) -> int:
     history = from_transfergraph(args.history) if args.transfergraph else load_history(args.history)
     dataset = args.dataset
     if args.new_dataset:
-        spec = json.loads(Path(args.new_dataset).read_text())
+        try:
+            spec = json.loads(Path(args.new_dataset).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise HistoryError(args.new_dataset, f"cannot read the new dataset ({err})",
+                               'write a JSON file {"id": ..., "features": {...}, "similarity": {...}}') from None
         dataset = spec.get("id", dataset)
         if not dataset:
             raise HistoryError(args.new_dataset, "the new dataset has no `id`", 'write {"id": ..., "features": {...}}')
         history = history.with_dataset(dataset, spec.get("features", {}), spec.get("similarity"))
     if dataset is None:
         raise HistoryError(args.history, "no dataset given", "pass --dataset ID or --new-dataset FILE.json")
-    known = set(history.dataset_features.index) | set(
-        history.dataset_similarity().index if history.dataset_similarity() is not None else [])
+    sim = history.dataset_similarity()
+    known = set(history.dataset_features.index) | set(sim.index if sim is not None else [])
     if dataset not in known:
         raise HistoryError(args.history, f"unknown dataset {dataset!r}",
                            "pass a dataset of the history, or describe a new one with --new-dataset FILE.json")
@@ -104,7 +108,6 @@ def choose_cmd(args) -> int:
     if held_out:  # recommend as if it were new: none of its own results may be used
         history = history.without_runs(dataset)
     ranked = MatchAndChoose(random_state=args.seed).fit(history).rank(dataset).head(args.top)
-    sim = history.dataset_similarity()
     nearest = (sim.loc[dataset].drop(dataset).loc[lambda s: s.index.isin(history.datasets)]
                .sort_values(ascending=False).head(5)) if sim is not None and dataset in sim.index else None
     if args.json:

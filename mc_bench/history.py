@@ -147,8 +147,6 @@ class History:
             if unknown:
                 raise HistoryError(f"{source}: model_features.pretrain_dataset", f"unknown datasets {unknown[:5]}",
                                    "name pretraining datasets by their ids in the similarity matrix")
-        elif not any(c.startswith("emb_") for c in df.columns):
-            sim = None  # no similarity at all: data–data edges and distance-based baselines are unavailable
         return cls(runs=runs.reset_index(drop=True), quality=dict(quality), label=label, model_features=mf,
                    dataset_features=df, similarity=sim, pretrain=pretrain, source=source)
 

@@ -2,7 +2,8 @@
 
 Sources (all shipped inside installed packages, no network):
 
-* ``animals`` — the ``animal-mnist`` 0.4 wheel (read as a zip, see :func:`_animal_mnist_wheel`): 10,000 28×28 silhouettes of 10 animals (MIT);
+* ``animals`` — the ``animal-mnist`` 0.4 wheel (read as a zip, see :func:`_animal_mnist_wheel`): 10,000 28×28
+  silhouettes of 10 animals (MIT);
 * ``digits`` — scikit-learn's handwritten digits (8×8, 1,797 images; BSD);
 * ``textures`` and ``photos`` — scikit-image's shipped images (brick, grass, gravel; astronaut, chelsea, ...)
   cut into random patches (BSD / public domain, see scikit-image's ``data/README.txt``);
