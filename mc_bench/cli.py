@@ -58,6 +58,48 @@ def world_datasets(args) -> int:
     return 0
 
 
+def world_zoo(args) -> int:
+    import os
+    import shutil
+
+    from .errors import ManifestError
+    from .zoo import build_world_models, contact_sheets, model_metadata, retrieval_table, write_models_manifest, zoo_records
+
+    root = Path(args.root)
+    manifests = load_manifests(args.manifests)
+    if args.rebuild:
+        fresh = root.with_name(root.name + ".rebuild")
+        if fresh.exists():
+            shutil.rmtree(fresh)
+        build_world_models(fresh, jobs=args.jobs)
+        if root.exists():  # swap only once everything is built: an interrupted rebuild loses nothing
+            old = root.with_name(root.name + ".old")
+            root.rename(old)
+            fresh.rename(root)
+            shutil.rmtree(old)
+        else:
+            fresh.rename(root)
+    records = zoo_records(root)
+    if not records:
+        raise ManifestError(root, "no zoo models found", "build them with `mc-bench world zoo --rebuild`")
+    if args.rebuild or args.report:
+        write_models_manifest(manifests.folder / "models.yaml", root)
+        results = Path(args.results)
+        contact_sheets(results, root, manifests)
+        table = retrieval_table(root, manifests)
+        table.to_csv(results / "tiny_clip_retrieval.csv", index=False, float_format="%.4f")
+        print(f"tiny CLIP zero-shot caption retrieval (held-out images): mean top-1 {table['top1'].mean():.3f} "
+              f"over {len(table)} datasets", file=sys.stderr)
+    rows = [{"id": r["id"], "path": os.path.relpath(root / r["id"], REPO_ROOT), "prediction_type": r["prediction_type"],
+             **model_metadata(r)} for r in records]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        _print_table(rows, ["id", "pretrain_domains", "width", "depth", "layers_per_block", "unet_parameters_m",
+                            "prediction_type", "beta_schedule", "pretrain_steps", "path"])
+    return 0
+
+
 def validate(args) -> int:
     from .data import dataset_folder, validate_folder
 
@@ -142,6 +184,15 @@ def build_parser() -> argparse.ArgumentParser:
     wd.add_argument("--cache", default=None, help="where datasets are built (default: $MC_BENCH_CACHE)")
     wd.add_argument("--results", default=str(REPO_ROOT / "results" / "world"), help="where contact sheets go")
     wd.set_defaults(func=world_datasets)
+
+    wz = world_sub.add_parser("zoo", help="list (or rebuild) the tiny CLIP, VAE and the ten tiny T2I models")
+    wz.add_argument("--json", action="store_true", help="print the zoo as JSON")
+    wz.add_argument("--rebuild", action="store_true", help="retrain everything deterministically on CPU")
+    wz.add_argument("--report", action="store_true", help="write models.yaml, contact sheets and CLIP retrieval")
+    wz.add_argument("--jobs", type=int, default=2, help="one-thread training processes")
+    wz.add_argument("--root", default=str(REPO_ROOT / "world_models"))
+    wz.add_argument("--results", default=str(REPO_ROOT / "results" / "zoo"))
+    wz.set_defaults(func=world_zoo)
 
     val = sub.add_parser("validate", help="validate the manifests and every local dataset folder")
     val.add_argument("--cache", default=None)

@@ -41,3 +41,17 @@ def local_manifests(tmp_path):
     folder = write_manifests(tmp_path / "manifests", datasets=[folder_dataset()])
     make_imagefolder(folder / "data")
     return folder
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Datasets built by tests go to a temporary cache, never the user's."""
+    import os
+
+    old = os.environ.get("MC_BENCH_CACHE")
+    os.environ["MC_BENCH_CACHE"] = str(tmp_path_factory.mktemp("mc_bench_cache"))
+    yield
+    if old is None:
+        os.environ.pop("MC_BENCH_CACHE", None)
+    else:
+        os.environ["MC_BENCH_CACHE"] = old
