@@ -103,3 +103,16 @@ def test_committed_zoo_loads_offline_and_samples():
         assert images.shape == (1, 16, 16, 3)
     manifests = load_manifests()
     assert set(manifests.models) == {m.id for m in ZOO}
+
+
+@pytest.mark.skipif(not (WORLD_MODELS / "zoo-all-small").is_dir(), reason="zoo weights not built")
+def test_cli_world_zoo_json():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "mc_bench", "world", "zoo", "--json"], capture_output=True,
+                         text=True, check=True).stdout
+    rows = json.loads(out)
+    assert [r["id"] for r in rows] == [m.id for m in ZOO]
+    assert all(r["path"] == f"world_models/{r['id']}" for r in rows)
+    assert {"prediction_type", "width", "depth", "pretrain_steps", "pretrain_domains"} <= set(rows[0])
