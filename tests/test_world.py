@@ -87,3 +87,16 @@ def test_cli_reports_manifest_errors(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert "error:" in proc.stderr and "unknown source 'world:nope'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_missing_animal_mnist_wheel_names_the_fix(monkeypatch, tmp_path):
+    import mc_bench.world as world
+    from mc_bench.errors import ManifestError
+
+    monkeypatch.setenv("MC_BENCH_ANIMAL_MNIST", str(tmp_path / "missing.whl"))
+    world._animal_mnist.cache_clear()
+    try:
+        with pytest.raises(ManifestError, match=r"missing.whl: the animal-mnist wheel .* is missing.*setup.sh"):
+            world._animal_mnist()
+    finally:
+        world._animal_mnist.cache_clear()

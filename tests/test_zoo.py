@@ -116,3 +116,28 @@ def test_cli_world_zoo_json():
     assert [r["id"] for r in rows] == [m.id for m in ZOO]
     assert all(r["path"] == f"world_models/{r['id']}" for r in rows)
     assert {"prediction_type", "width", "depth", "pretrain_steps", "pretrain_domains"} <= set(rows[0])
+
+
+def test_nan_loss_stops_training(root, monkeypatch):
+    import mc_bench.zoo as zoo
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    monkeypatch.setattr(zoo, "diffusion_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    tok = CLIPTokenizer.from_pretrained(root / CLIP_DIR)
+    text = CLIPTextModel.from_pretrained(root / CLIP_DIR)
+    vae = AutoencoderKL.from_pretrained(root / VAE_DIR)
+    ddpm, _ = zoo.make_schedulers(TINY)
+    unet = zoo.make_unet(TINY, text.config.hidden_size, 8)
+    images = np.zeros((4, 16, 16, 3), np.uint8)
+    with pytest.raises(FloatingPointError, match="non-finite loss .* at step 0"):
+        zoo.train_unet(unet, vae, text, tok, ddpm, images, ["a"] * 4, steps=2, batch_size=2)
+
+
+def test_world_zoo_without_models_is_a_clear_error(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "mc_bench", "world", "zoo", "--root", str(tmp_path)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "no zoo models found" in proc.stderr and "--rebuild" in proc.stderr
