@@ -1,11 +1,13 @@
 """Is the zoo a selection problem worth solving? Fine-tune every zoo model briefly on a handful of targets.
 
     python benchmarks/zoo_probe.py [--targets a,b,...] [--steps 100] [--seeds 0,1] [--jobs 2]
+                                   [--models id,id --update]
 
 For every (zoo model, target, seed): full fine-tuning of the UNet on the target's train split (the zoo's own
 diffusion objective, mc_bench.zoo.train_unet), then images for the target's held-out captions, scored with the
 tiny CLIP: CLIP score (torchmetrics CLIPScore) and caption-retrieval top-1 among the target's distinct captions.
-Writes results/zoo/probe.csv and prints (a) the best model per target and how many targets each model wins, and
+Writes results/zoo/probe.csv (with ``--models ... --update``: reruns only those models and keeps the other
+models' rows of the existing file; every run is deterministic, so this equals a full rerun) and prints (a) the best model per target and how many targets each model wins, and
 (b) the Spearman correlation of the model ranking between the two seeds, per target. The last line reads
 ``max_wins_share=<share of targets won by the most frequent winner> mean_spearman=<...>``.
 """
@@ -74,17 +76,24 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--models", default=None, help="comma-separated zoo ids to run (default: all)")
+    parser.add_argument("--update", action="store_true", help="keep the other models' rows of --out")
     parser.add_argument("--out", default=str(REPO_ROOT / "results" / "zoo" / "probe.csv"))
     args = parser.parse_args()
     targets, seeds = args.targets.split(","), [int(s) for s in args.seeds.split(",")]
-    jobs = [(m.id, t, s) for t in targets for s in seeds for m in ZOO]
+    models = args.models.split(",") if args.models else [m.id for m in ZOO]
+    jobs = [(m, t, s) for t in targets for s in seeds for m in models]
     start = time.perf_counter()
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         rows = list(pool.map(run_one, *zip(*jobs), [args.steps] * len(jobs), [args.samples] * len(jobs)))
     df = pd.DataFrame(rows)
+    if args.update and Path(args.out).is_file():
+        old = pd.read_csv(args.out)
+        keep = old["model"].isin({m.id for m in ZOO} - set(models)) & old["target"].isin(targets)
+        df = pd.concat([old[keep], df], ignore_index=True).sort_values(["target", "seed", "model"])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(args.out, index=False, float_format="%.4f")
-    print(f"{len(df)} fine-tunes in {time.perf_counter() - start:.0f} s; wrote {args.out}")
+    print(f"{len(rows)} fine-tunes in {time.perf_counter() - start:.0f} s; wrote {args.out}")
 
     quality = "clip_score"
     mean = df.groupby(["target", "model"])[quality].mean().unstack()

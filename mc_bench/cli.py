@@ -66,7 +66,7 @@ def world_zoo(args) -> int:
     from .zoo import build_world_models, contact_sheets, model_metadata, retrieval_table, write_models_manifest, zoo_records
 
     root = Path(args.root)
-    manifests = load_manifests(args.manifests)
+    manifests = load_manifests(args.manifests, check_profiles=False)  # models.yaml is rewritten below
     if args.rebuild:
         fresh = root.with_name(root.name + ".rebuild")
         if fresh.exists():
@@ -84,6 +84,7 @@ def world_zoo(args) -> int:
         raise ManifestError(root, "no zoo models found", "build them with `mc-bench world zoo --rebuild`")
     if args.rebuild or args.report:
         write_models_manifest(manifests.folder / "models.yaml", root)
+        load_manifests(manifests.folder)  # the profiles must name models of the new manifest
         results = Path(args.results)
         contact_sheets(results, root, manifests)
         table = retrieval_table(root, manifests)

@@ -234,8 +234,11 @@ def _parse_all(path: Path, cls: type[BaseModel], entries: list[dict]) -> dict:
     return out
 
 
-def load_manifests(folder: str | os.PathLike | None = None) -> Manifests:
-    """Load and cross-check ``datasets.yaml``, ``models.yaml`` and ``profiles.yaml`` from ``folder``."""
+def load_manifests(folder: str | os.PathLike | None = None, check_profiles: bool = True) -> Manifests:
+    """Load and cross-check ``datasets.yaml``, ``models.yaml`` and ``profiles.yaml`` from ``folder``.
+
+    ``check_profiles=False`` skips the check that profiles name known models and datasets: for tools that
+    (re)write ``models.yaml`` themselves, such as ``mc-bench world zoo``."""
     folder = Path(folder) if folder is not None else DEFAULT_MANIFEST_DIR
     ds_path, m_path, p_path = folder / "datasets.yaml", folder / "models.yaml", folder / "profiles.yaml"
 
@@ -250,7 +253,7 @@ def load_manifests(folder: str | os.PathLike | None = None) -> Manifests:
     models = _parse_all(m_path, ModelSpec, _entries(m_path, _read_yaml(m_path), "models")) if m_path.exists() else {}
     profiles = _parse_all(p_path, Profile, _entries(p_path, _read_yaml(p_path), "profiles")) if p_path.exists() else {}
 
-    for profile in profiles.values():
+    for profile in profiles.values() if check_profiles else ():
         for kind, ids, known in (("model", profile.models, models), ("dataset", profile.datasets, datasets)):
             for item in ids:
                 if item not in known:

@@ -94,3 +94,11 @@ def test_bad_generator_params_name_the_entry(tmp_path):
     spec = load_manifests(folder).datasets["w"]
     with pytest.raises(ManifestError, match=r"entry 'w', field `params`: bad generator parameters.*unicorn"):
         generate(spec, 16)
+
+
+def test_check_profiles_can_be_skipped_by_tools_that_rewrite_models(tmp_path):
+    folder = write_manifests(tmp_path, datasets=[folder_dataset()],
+                             profiles=[{"id": "p", "models": ["not-yet"], "datasets": ["local"]}])
+    assert "p" in load_manifests(folder, check_profiles=False).profiles
+    with pytest.raises(ManifestError, match="unknown model 'not-yet'"):
+        load_manifests(folder)
