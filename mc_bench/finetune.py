@@ -20,16 +20,6 @@ def images_to_tensor(images: np.ndarray) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_latents(vae, pixels: torch.Tensor, generator: torch.Generator | None = None, batch: int = 256):
-    """VAE latents (sampled from the posterior) times the VAE's scaling factor."""
-    out = []
-    for i in range(0, len(pixels), batch):
-        dist = vae.encode(pixels[i:i + batch]).latent_dist
-        out.append(dist.sample(generator=generator) * vae.config.scaling_factor)
-    return torch.cat(out)
-
-
-@torch.no_grad()
 def encode_text(tokenizer, text_encoder, captions: list[str]) -> torch.Tensor:
     """Last hidden states of the text encoder for padded captions, as Stable Diffusion conditions its UNet."""
     tok = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
