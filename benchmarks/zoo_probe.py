@@ -34,20 +34,16 @@ def run_one(model_id: str, target: str, seed: int, steps: int, n_samples: int) -
     from diffusers import DDPMScheduler, StableDiffusionPipeline
     from torchmetrics.multimodal.clip_score import CLIPScore
 
-    from mc_bench.config import cache_dir, load_manifests
-    from mc_bench.data import read_split
+    from mc_bench.config import load_manifests
+    from mc_bench.data import read_world_split
     from mc_bench.tinyclip import load_clip, retrieval_accuracy
-    from mc_bench.world import build_dataset, world_folder
     from mc_bench.zoo import CLIP_DIR, WORLD_MODELS, sample, train_unet
 
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
     manifests = load_manifests()
-    spec = manifests.dataset(target)
-    folder = world_folder(cache_dir(), spec, manifests.world.resolution)
-    build_dataset(spec, manifests.world.resolution, manifests.world.eval_fraction, folder)
-    images, captions = read_split(folder, spec.splits.train)
-    _, eval_captions = read_split(folder, spec.splits.eval)
+    images, captions = read_world_split(manifests, target, "train")
+    _, eval_captions = read_world_split(manifests, target, "eval")
     pipe = StableDiffusionPipeline.from_pretrained(WORLD_MODELS / model_id, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     ddpm = DDPMScheduler.from_config(pipe.scheduler.config)

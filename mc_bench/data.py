@@ -151,3 +151,15 @@ def load_hf_dataset(manifests: Manifests, spec: DatasetSpec):
         ds = datasets.load_dataset("imagefolder", data_dir=str(dataset_folder(manifests, spec)))
     renames = {old: new for old, new in ((spec.image_column, "image"), (spec.caption_column, "text")) if old != new}
     return ds.rename_columns(renames) if renames else ds
+
+
+def read_world_split(manifests: Manifests, dataset_id: str, role: str = "train",
+                     root: Path | None = None) -> tuple[np.ndarray, list[str]]:
+    """Images and captions of the ``train`` or ``eval`` split of a ``world:`` dataset, built first if needed."""
+    from .world import build_dataset, world_folder
+
+    spec = manifests.dataset(dataset_id)
+    folder = world_folder(root or cache_dir(), spec, manifests.world.resolution)
+    build_dataset(spec, manifests.world.resolution, manifests.world.eval_fraction, folder)
+    split = spec.splits.train if role == "train" else spec.splits.eval
+    return read_split(folder, split, spec.caption_column)

@@ -177,8 +177,10 @@ def _shift(mask: np.ndarray, dx: int, dy: int) -> np.ndarray:
 
 
 def _a(word: str) -> str:
-    """``word`` with its indefinite article: "a red", "an orange"."""
-    return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
+    """``word`` with the article "a". Always "a" (also "a orange", "a elephant"): the committed tiny CLIP and zoo
+    were trained on these captions, and world version 1 must keep reproducing them. Use "an" when
+    WORLD_VERSION is bumped together with a rebuild of world_models/."""
+    return f"a {word}"
 
 
 def _pick(rng: np.random.Generator, choices: list | tuple) -> str:
@@ -196,15 +198,16 @@ def _texture_patch(rng: np.random.Generator, name: str, res: int, crop: tuple[in
     return np.ascontiguousarray(np.rot90(arr, k))
 
 
-def _colour_layer(rng: np.random.Generator, spec: str | list, res: int, what: str) -> tuple[np.ndarray, str]:
-    """A res×res×3 layer and its caption phrase, from a colour name, a list of names, or ``texture:<name>``."""
+def _colour_layer(rng: np.random.Generator, spec: str | list, res: int, what: str) -> tuple[np.ndarray, str, bool]:
+    """A res×res×3 layer, its name, and whether it is a texture, from a colour name, a list of names (one is
+    drawn), or ``texture:<name>``."""
     name = _pick(rng, spec) if isinstance(spec, list) else spec
     if name.startswith("texture:"):
         texture = name.split(":", 1)[1]
-        return _texture_patch(rng, texture, res).astype(np.float32), f"{texture}"
+        return _texture_patch(rng, texture, res).astype(np.float32), texture, True
     if name not in COLOURS:
         raise ValueError(f"unknown {what} colour {name!r}; known: {sorted(COLOURS)} or texture:<name>")
-    return np.broadcast_to(np.array(COLOURS[name], np.float32), (res, res, 3)), name
+    return np.broadcast_to(np.array(COLOURS[name], np.float32), (res, res, 3)), name, False
 
 
 def _compose(mask: np.ndarray, fg: np.ndarray, bg: np.ndarray) -> np.ndarray:
@@ -213,12 +216,11 @@ def _compose(mask: np.ndarray, fg: np.ndarray, bg: np.ndarray) -> np.ndarray:
 
 
 def _fg_bg(rng, params, res):
-    fg, fg_name = _colour_layer(rng, params.get("fg", "white"), res, "fg")
-    bg, bg_name = _colour_layer(rng, params.get("bg", "black"), res, "bg")
-    bg_phrase = f"on {bg_name}" if str(params.get("bg", "")).startswith("texture:") or (
-        isinstance(params.get("bg"), list) and any(str(b).startswith("texture:") for b in params["bg"])
-    ) else f"on {_a(bg_name)} background"
-    return fg, fg_name, bg, bg_phrase
+    """Foreground and background layers, the foreground's name, the background's, and the caption phrase for the
+    background ("on grass", "on a red background")."""
+    fg, fg_name, _ = _colour_layer(rng, params.get("fg", "white"), res, "fg")
+    bg, bg_name, textured = _colour_layer(rng, params.get("bg", "black"), res, "bg")
+    return fg, fg_name, bg, bg_name, f"on {bg_name}" if textured else f"on {_a(bg_name)} background"
 
 
 def _class_indices(labels: np.ndarray, wanted: list[int], n: int, rng: np.random.Generator) -> np.ndarray:
@@ -242,7 +244,7 @@ def gen_animals(params: dict, n: int, res: int, rng: np.random.Generator):
         if rng.random() < 0.5:
             mask = mask[:, ::-1]
         mask = _shift(mask, int(rng.integers(-1, 2)), int(rng.integers(-1, 2)))
-        fg, fg_name, bg, bg_phrase = _fg_bg(rng, params, res)
+        fg, fg_name, bg, bg_name, bg_phrase = _fg_bg(rng, params, res)
         out.append(_compose(mask, fg, bg))
         caps.append(f"{_a(fg_name)} silhouette of {_a(ANIMALS[labels[i]])} {bg_phrase}")
     return np.stack(out), caps
@@ -257,7 +259,7 @@ def gen_digits(params: dict, n: int, res: int, rng: np.random.Generator):
         src = np.pad(images[i] / 255.0, 1)  # 10×10 with a margin, like MNIST's border
         mask = _resize(np.kron(src, np.ones((8, 8))), res)
         mask = _shift(mask, int(rng.integers(-1, 2)), int(rng.integers(-1, 2)))
-        fg, fg_name, bg, bg_phrase = _fg_bg(rng, params, res)
+        fg, fg_name, bg, bg_name, bg_phrase = _fg_bg(rng, params, res)
         out.append(_compose(mask, fg, bg))
         caps.append(f"{_a(fg_name)} handwritten digit {DIGIT_WORDS[labels[i]]} {bg_phrase}")
     return np.stack(out), caps
@@ -281,7 +283,7 @@ def gen_glyphs(params: dict, n: int, res: int, rng: np.random.Generator):
         pos = ((big - (right - left)) / 2 - left + jitter[0], (big - (bottom - top)) / 2 - top + jitter[1])
         draw.text(pos, ch, fill=255, font=font)
         mask = np.asarray(canvas.resize((res, res), Image.Resampling.BOX), np.float32) / 255.0
-        fg, fg_name, bg, bg_phrase = _fg_bg(rng, params, res)
+        fg, fg_name, bg, bg_name, bg_phrase = _fg_bg(rng, params, res)
         out.append(_compose(mask, fg, bg))
         kind = "digit" if ch.isdigit() else ("lowercase letter" if ch.islower() else "letter")
         caps.append(f"the {kind} {ch} in {FONTS[font_name][1]}, {fg_name} {bg_phrase}")
@@ -335,9 +337,9 @@ def gen_shapes(params: dict, n: int, res: int, rng: np.random.Generator):
         angle = float(rng.uniform(-0.3, 0.3)) if params.get("rotate", True) else 0.0
         mask = _shape_mask(shape, big, size, float(cx), float(cy), angle)
         mask = np.asarray(Image.fromarray(mask, mode="F").resize((res, res), Image.Resampling.BOX))
-        fg, fg_name, bg, bg_phrase = _fg_bg(rng, params, res)
-        while fg_name == bg_phrase.split()[-2] and isinstance(params.get("fg"), list):  # keep fg ≠ bg
-            fg, fg_name, bg, bg_phrase = _fg_bg(rng, params, res)
+        fg, fg_name, bg, bg_name, bg_phrase = _fg_bg(rng, params, res)
+        while fg_name == bg_name and isinstance(params.get("fg"), list):  # keep fg ≠ bg
+            fg, fg_name, bg, bg_name, bg_phrase = _fg_bg(rng, params, res)
         out.append(_compose(mask, fg, bg))
         size_word = "small " if size < 0.35 else ("large " if size > 0.8 else "")
         caps.append(f"{_a(size_word + fg_name)} {shape} {bg_phrase}")

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import REPO_ROOT, Manifests, cache_dir
+from .config import REPO_ROOT, Manifests
 from .finetune import diffusion_loss, encode_text, images_to_tensor
 
 WORLD_MODELS = REPO_ROOT / "world_models"
@@ -108,15 +108,11 @@ def make_schedulers(spec: ZooModel):
 
 def source_data(manifests: Manifests, dataset_ids, root: Path | None = None) -> tuple[np.ndarray, list[str]]:
     """Train-split images and captions of world datasets (built on demand)."""
-    from .data import read_split
-    from .world import build_dataset, world_folder
+    from .data import read_world_split
 
     images, captions = [], []
     for dataset_id in dataset_ids:
-        spec = manifests.dataset(dataset_id)
-        folder = world_folder(root or cache_dir(), spec, manifests.world.resolution)
-        build_dataset(spec, manifests.world.resolution, manifests.world.eval_fraction, folder)
-        x, c = read_split(folder, spec.splits.train, spec.caption_column)
+        x, c = read_world_split(manifests, dataset_id, "train", root)
         images.append(x)
         captions += c
     return np.concatenate(images), captions
@@ -314,9 +310,8 @@ def retrieval_table(root: Path = WORLD_MODELS, manifests: Manifests | None = Non
     import pandas as pd
 
     from .config import load_manifests
-    from .data import read_split
+    from .data import read_world_split
     from .tinyclip import load_clip, retrieval_accuracy
-    from .world import build_dataset, world_folder
 
     manifests = manifests or load_manifests(check_profiles=False)
     model, processor = load_clip(Path(root) / CLIP_DIR)
@@ -324,9 +319,7 @@ def retrieval_table(root: Path = WORLD_MODELS, manifests: Manifests | None = Non
     for spec in manifests.datasets.values():
         if spec.source_kind != "world":
             continue
-        folder = world_folder(cache_dir(), spec, manifests.world.resolution)
-        build_dataset(spec, manifests.world.resolution, manifests.world.eval_fraction, folder)
-        images, captions = read_split(folder, spec.splits.eval, spec.caption_column)
+        images, captions = read_world_split(manifests, spec.id, "eval")
         acc = retrieval_accuracy(model, processor.tokenizer, processor.image_processor, images, captions)
         rows.append({"dataset": spec.id, "role": spec.role, "n_images": len(images),
                      "n_captions": len(set(captions)), "top1": acc})
@@ -341,9 +334,8 @@ def contact_sheets(out: Path, root: Path = WORLD_MODELS, manifests: Manifests | 
     from diffusers import StableDiffusionPipeline
 
     from .config import load_manifests
-    from .data import read_split
+    from .data import read_world_split
     from .report import labelled_rows, save_png
-    from .world import world_folder
 
     manifests = manifests or load_manifests(check_profiles=False)
     paths = []
@@ -352,8 +344,7 @@ def contact_sheets(out: Path, root: Path = WORLD_MODELS, manifests: Manifests | 
         pipe.set_progress_bar_config(disable=True)
         rows = []
         for dataset_id in [*record["sources"], far_domain]:
-            spec = manifests.dataset(dataset_id)
-            _, captions = read_split(world_folder(cache_dir(), spec, manifests.world.resolution), spec.splits.eval)
+            _, captions = read_world_split(manifests, dataset_id, "eval")
             prompts = random.Random(0).sample(sorted(set(captions)), k=min(per_source, len(set(captions))))
             rows.append((dataset_id, sample(pipe, prompts, seed=0)))
         paths.append(save_png(labelled_rows(rows), Path(out) / f"{record['id']}.png"))
