@@ -169,6 +169,44 @@ def choose_cmd(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------------- finetune
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["train.steps=100", "generate.n_samples=32"]`` -> ``{"train": {"steps": 100}, ...}`` (YAML values)."""
+    import yaml
+
+    from .errors import InputError
+
+    out: dict = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        section, dot, field = key.partition(".")
+        if not sep or not dot:
+            raise InputError(f"--set {item}", "not of the form section.field=value",
+                             "write e.g. --set train.steps=100 or --set generate.n_samples=32")
+        out.setdefault(section, {})[field] = yaml.safe_load(value)
+    return out
+
+
+def finetune_cmd(args) -> int:
+    import yaml
+
+    from .finetune import build_config, finetune
+
+    overrides = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
+    for section, values in parse_overrides(args.set).items():
+        overrides.setdefault(section, {}).update(values)
+    config = build_config(args.model, args.dataset, args.out, profile=args.profile, overrides=overrides,
+                          manifests=args.manifests, revision=args.revision)
+    record = finetune(config, sample=not args.no_sample)
+    print(json.dumps(record, indent=1))
+    if record["status"] == "failed":
+        print(f"error: run failed: {record['reason']}", file=sys.stderr)
+        return 1
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------- main
 
 
@@ -208,6 +246,18 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--seed", type=int, default=0)
     ch.add_argument("--json", action="store_true")
     ch.set_defaults(func=choose_cmd)
+
+    ft = sub.add_parser("finetune", help="fine-tune one model on one dataset (LoRA or full), then generate samples")
+    ft.add_argument("--model", required=True, help="models.yaml id, diffusers folder, or hf:<id> (with --revision)")
+    ft.add_argument("--dataset", required=True, help="datasets.yaml id")
+    ft.add_argument("--out", required=True, help="the run folder (an existing one is resumed)")
+    ft.add_argument("--profile", default=None, help="take train/generate settings from this profile")
+    ft.add_argument("--config", default=None, help="YAML file with `train:` and `generate:` settings")
+    ft.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                    help="override one setting, e.g. --set train.method=full --set train.steps=100")
+    ft.add_argument("--revision", default=None, help="hub revision for --model hf:<id>")
+    ft.add_argument("--no-sample", action="store_true", help="train only")
+    ft.set_defaults(func=finetune_cmd)
 
     return parser
 

@@ -112,20 +112,65 @@ class ModelSpec(_Strict):
 
 
 class TrainSettings(_Strict):
+    """How a model is fine-tuned (diffusers' ``train_text_to_image[_lora].py`` knobs, CPU/float32 defaults)."""
+
     method: Literal["lora", "full"] = "lora"
     steps: int = Field(default=200, gt=0)
     batch_size: int = Field(default=16, gt=0)
+    gradient_accumulation_steps: int = Field(default=1, gt=0)
     learning_rate: float = Field(default=1e-3, gt=0)
+    lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "constant_with_warmup"
+    lr_warmup_steps: int = Field(default=10, ge=0)
+    adam_weight_decay: float = Field(default=1e-2, ge=0)
+    max_grad_norm: float = Field(default=1.0, gt=0)
     lora_rank: int = Field(default=4, gt=0)
+    lora_alpha: float | None = None  # None: equal to the rank (scale 1)
+    lora_target_modules: list[str] = Field(default_factory=lambda: ["to_k", "to_q", "to_v", "to_out.0"])
+    resolution: int | None = Field(default=None, gt=0)  # None: the model's own resolution
+    center_crop: bool = True  # False: random crop
+    random_flip: bool = False
+    caption_dropout: float = Field(default=0.1, ge=0, lt=1)
+    snr_gamma: float | None = Field(default=None, gt=0)
+    gradient_checkpointing: bool = False
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    checkpoint_every: int = Field(default=50, ge=0)  # 0: no intermediate checkpoints
+    keep_checkpoints: int = Field(default=2, gt=0)
     seed: int = 0
 
+    @model_validator(mode="after")
+    def _check_precision(self):
+        if self.mixed_precision != "no" and self.device == "cpu":
+            raise ValueError("mixed precision needs a GPU: use mixed_precision: no on CPU (float32)")
+        return self
 
-class EvalSettings(_Strict):
+
+class GenerateSettings(_Strict):
+    """How images are generated from a dataset's held-out captions after fine-tuning."""
+
     n_samples: int = Field(default=64, gt=0)
     num_inference_steps: int = Field(default=20, gt=0)
     guidance_scale: float = Field(default=3.0, ge=0)
-    metrics: list[str] = Field(default_factory=lambda: ["fid", "kid", "clip_score"])
-    quality: str = "fid"
+    scheduler: Literal["pipeline", "ddim", "ddpm", "euler", "dpm"] = "pipeline"
+    seed: int = 0
+    batch_size: int = Field(default=32, gt=0)
+
+
+class EvalSettings(_Strict):
+    """Which metrics are computed, with which backbones, and which one labels the history."""
+
+    metrics: list[Literal["fid", "kid", "clip_score", "image_reward"]] = Field(
+        default_factory=lambda: ["fid", "kid", "clip_score", "image_reward"])
+    # "tiny-clip": the offline world's CLIP (world_models/tiny-clip); "inception": clean-fid's Inception-v3
+    # from the weights folder; or a path to a CLIP folder.
+    fid_backbone: str = "tiny-clip"
+    clip_model: str = "tiny-clip"  # "tiny-clip", "openai-clip" (weights folder), a folder, or a hub id
+    resize: Literal["clean", "bilinear", "none"] = "clean"
+    kid_subsets: int = Field(default=100, gt=0)
+    # metrics whose weights are missing are recorded as not computed (True) or stop the run (False)
+    allow_missing: bool = True
+    quality: Literal["fid", "kid", "clip_score", "image_reward", "mean_rank"] = "fid"
+    seed: int = 0
 
 
 class Profile(_Strict):
@@ -136,6 +181,7 @@ class Profile(_Strict):
     models: list[str] = Field(default_factory=list)
     datasets: list[str]
     train: TrainSettings = TrainSettings()
+    generate: GenerateSettings = GenerateSettings()
     evaluate: EvalSettings = EvalSettings()
 
     @field_validator("datasets")

@@ -1,0 +1,108 @@
+"""Generate: images for a dataset's held-out captions with fixed seeds — evaluation's input.
+
+Image ``i`` is generated from caption ``i`` of the held-out split (cycling when more samples than captions are
+asked for) with its own generator seeded ``seed + i``, so an image does not depend on the batch size. The
+images go to ``samples/NNNNN.png`` and the table ``samples.csv`` (file, caption, seed) beside them.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .config import GenerateSettings
+
+SAMPLES_DIR = "samples"
+SAMPLES_TABLE = "samples.csv"
+
+SCHEDULERS = {
+    "ddim": "DDIMScheduler",
+    "ddpm": "DDPMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "dpm": "DPMSolverMultistepScheduler",
+}
+
+
+def set_scheduler(pipe, name: str) -> None:
+    """Replace the pipeline's sampling scheduler (``pipeline`` keeps the one saved with the model)."""
+    if name == "pipeline":
+        return
+    import diffusers
+
+    pipe.scheduler = getattr(diffusers, SCHEDULERS[name]).from_config(pipe.scheduler.config)
+
+
+def held_out_prompts(captions: list[str], n: int) -> list[str]:
+    """The first ``n`` held-out captions, cycling through them when ``n`` is larger than the split."""
+    return [captions[i % len(captions)] for i in range(n)]
+
+
+@torch.no_grad()
+def generate(pipe, prompts: list[str], out_dir: Path, settings: GenerateSettings = GenerateSettings()) -> pd.DataFrame:
+    """Generate one image per prompt into ``out_dir``; returns (and writes) the table of samples."""
+    from PIL import Image
+
+    out_dir = Path(out_dir)
+    images_dir = out_dir / SAMPLES_DIR
+    images_dir.mkdir(parents=True, exist_ok=True)
+    set_scheduler(pipe, settings.scheduler)
+    device = pipe.device
+    rows = []
+    for start in range(0, len(prompts), settings.batch_size):
+        batch = prompts[start:start + settings.batch_size]
+        seeds = [settings.seed + start + j for j in range(len(batch))]
+        generators = [torch.Generator(device).manual_seed(s) for s in seeds]
+        images = pipe(batch, num_inference_steps=settings.num_inference_steps, guidance_scale=settings.guidance_scale,
+                      generator=generators, output_type="np").images
+        for j, (image, caption, seed) in enumerate(zip(images, batch, seeds)):
+            name = f"{start + j:05d}.png"
+            Image.fromarray((image * 255).round().clip(0, 255).astype(np.uint8)).save(images_dir / name)
+            rows.append({"file": f"{SAMPLES_DIR}/{name}", "caption": caption, "seed": seed})
+    table = pd.DataFrame(rows, columns=["file", "caption", "seed"])
+    table.to_csv(out_dir / SAMPLES_TABLE, index=False)
+    return table
+
+
+def read_samples(run_dir: Path) -> tuple[np.ndarray, list[str]]:
+    """The generated images (uint8, n × h × w × 3) and their captions of a run folder."""
+    from PIL import Image
+
+    from .errors import InputError
+
+    table_path = Path(run_dir) / SAMPLES_TABLE
+    if not table_path.is_file():
+        raise InputError(table_path, "no samples table", "run `mc-bench finetune` (it generates) on this run folder")
+    table = pd.read_csv(table_path)
+    images = []
+    for file in table["file"]:
+        with Image.open(Path(run_dir) / file) as im:
+            images.append(np.asarray(im.convert("RGB")))
+    return np.stack(images), table["caption"].tolist()
+
+
+def generate_run(run_dir: Path) -> pd.DataFrame:
+    """Generate a finished run's samples (its config's ``generate`` settings) and add their timings."""
+    import json
+
+    from .config import load_manifests
+    from .finetune import load_dataset_split, load_finetuned_pipeline, load_run_config, peak_memory_mb, pick_device, write_json
+
+    run_dir = Path(run_dir)
+    config = load_run_config(run_dir)
+    device = pick_device(config.train.device)
+    pipe = load_finetuned_pipeline(run_dir, device)
+    _, captions = load_dataset_split(load_manifests(config.manifests), config.dataset, "eval")
+    prompts = held_out_prompts(captions, config.generate.n_samples)
+    start = time.perf_counter()
+    table = generate(pipe, prompts, run_dir, config.generate)
+    seconds = time.perf_counter() - start
+    timings_path = run_dir / "timings.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+    timings.update({"sample_seconds": round(seconds, 3), "images_per_second": round(len(table) / seconds, 3),
+                    "sample_peak_memory_mb": round(peak_memory_mb(device), 1)})
+    write_json(timings_path, timings)
+    return table

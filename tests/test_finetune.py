@@ -1,0 +1,178 @@
+"""Fine-tuning and generation on the tiny zoo (CPU): LoRA and full, load_lora_weights round trip, determinism,
+resume after a real kill, NaN handling, the run folder."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mc_bench import finetune as ft
+from mc_bench.config import GenerateSettings
+from mc_bench.errors import InputError
+
+MODEL, DATASET = "zoo-shapes", "shapes-new"
+
+
+def config(tmp_path, name="run", **train):
+    train = {"steps": 6, "batch_size": 8, "checkpoint_every": 0, **train}
+    return ft.build_config(MODEL, DATASET, tmp_path / name, overrides={
+        "train": train, "generate": {"n_samples": 6, "num_inference_steps": 3, "batch_size": 4}})
+
+
+def test_lora_run_folder(tmp_path):
+    record = ft.finetune(config(tmp_path))
+    run = tmp_path / "run"
+    assert record["status"] == "done" and np.isfinite(record["final_loss"])
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["model_source"].endswith("world_models/zoo-shapes") and saved["model_family"] == "tiny-sd"
+    assert saved["train"]["method"] == "lora" and saved["train"]["steps"] == 6
+    losses = pd.read_csv(run / "loss.csv")
+    assert losses["step"].tolist() == list(range(1, 7)) and losses["loss"].notna().all()
+    samples = pd.read_csv(run / "samples.csv")
+    assert list(samples.columns) == ["file", "caption", "seed"] and samples["seed"].tolist() == list(range(6))
+    assert all((run / f).is_file() for f in samples["file"])
+    assert (run / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    timings = json.loads((run / "timings.json").read_text())
+    assert timings["train_seconds"] > 0 and timings["images_per_second"] > 0 and timings["train_peak_memory_mb"] > 0
+    assert json.loads((run / "versions.json").read_text())["diffusers"]
+    assert not (run / "checkpoints").exists()  # removed once the final weights are saved
+    # a done run is not redone
+    mtime = (run / "lora" / "pytorch_lora_weights.safetensors").stat().st_mtime
+    assert ft.finetune(config(tmp_path))["status"] == "done"
+    assert (run / "lora" / "pytorch_lora_weights.safetensors").stat().st_mtime == mtime
+
+
+def unet_output(unet, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 4, 8, 8, generator=gen)
+    ehs = torch.randn(2, 32, unet.config.cross_attention_dim, generator=gen)
+    with torch.no_grad():
+        return unet(x, torch.tensor([10, 500]), ehs).sample
+
+
+def test_lora_round_trip_through_load_lora_weights(tmp_path):
+    cfg = config(tmp_path, steps=4).resolved()
+    manifests = ft.load_manifests()
+    images, captions = ft.load_dataset_split(manifests, DATASET, "train")
+    base = unet_output(ft.load_pipeline(cfg).unet)
+    trainer = ft.Trainer(cfg, ft.load_pipeline(cfg), images, captions, torch.device("cpu"))
+    for _ in range(4):
+        trainer.train_step()
+    trainer.unet.eval()
+    trained = unet_output(trainer.unet)
+    ft.save_lora(trainer.unet, tmp_path / "lora")
+    pipe = ft.load_pipeline(cfg)
+    pipe.load_lora_weights(tmp_path / "lora")
+    reloaded = unet_output(pipe.unet)
+    assert (trained - base).abs().max() > 1e-4  # the adapter changed the model...
+    torch.testing.assert_close(reloaded, trained, atol=1e-5, rtol=1e-4)  # ...and loads back as trained
+
+
+def test_full_finetune_and_generation(tmp_path):
+    record = ft.finetune(config(tmp_path, method="full", learning_rate=1e-4))
+    run = tmp_path / "run"
+    assert record["status"] == "done" and (run / "unet" / "config.json").is_file()
+    base = ft.load_pipeline(ft.load_run_config(run))
+    tuned = ft.load_finetuned_pipeline(run)
+    assert (unet_output(base.unet) - unet_output(tuned.unet)).abs().max() > 1e-5
+    assert len(pd.read_csv(run / "samples.csv")) == 6
+
+
+def test_same_config_gives_identical_weights(tmp_path):
+    ft.finetune(config(tmp_path, "a", random_flip=True, center_crop=False, gradient_accumulation_steps=2), sample=False)
+    ft.finetune(config(tmp_path, "b", random_flip=True, center_crop=False, gradient_accumulation_steps=2), sample=False)
+    a = load_file(tmp_path / "a" / "lora" / "pytorch_lora_weights.safetensors")
+    b = load_file(tmp_path / "b" / "lora" / "pytorch_lora_weights.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    c = ft.finetune(config(tmp_path, "c", seed=1), sample=False)
+    assert c["status"] == "done"
+    other = load_file(tmp_path / "c" / "lora" / "pytorch_lora_weights.safetensors")
+    assert not all(torch.equal(a[k], other[k]) for k in a)
+
+
+def _cli(tmp_path, name, steps=40):
+    return [sys.executable, "-m", "mc_bench", "finetune", "--model", MODEL, "--dataset", DATASET,
+            "--out", str(tmp_path / name), "--no-sample", "--set", f"train.steps={steps}",
+            "--set", "train.batch_size=8", "--set", "train.checkpoint_every=5", "--set", "train.lr_scheduler=cosine"]
+
+
+def test_resume_after_kill_equals_uninterrupted(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(_cli(tmp_path, "straight"), env=env, check=True, capture_output=True)
+    proc = subprocess.Popen(_cli(tmp_path, "killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = tmp_path / "killed" / "checkpoints" / "step-000015"
+    deadline = time.time() + 120
+    while not checkpoint.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert checkpoint.exists(), "the run never reached its step-15 checkpoint"
+    assert json.loads((tmp_path / "killed" / "status.json").read_text())["status"] == "running"
+    assert not (tmp_path / "killed" / "lora").exists()  # it really died mid-run
+    subprocess.run(_cli(tmp_path, "killed"), env=env, check=True, capture_output=True)
+    status = json.loads((tmp_path / "killed" / "status.json").read_text())
+    assert status["status"] == "done"
+    timings = json.loads((tmp_path / "killed" / "timings.json").read_text())
+    assert timings["resumed_from_step"] >= 15
+    a = load_file(tmp_path / "straight" / "lora" / "pytorch_lora_weights.safetensors")
+    b = load_file(tmp_path / "killed" / "lora" / "pytorch_lora_weights.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    la, lb = pd.read_csv(tmp_path / "straight" / "loss.csv"), pd.read_csv(tmp_path / "killed" / "loss.csv")
+    pd.testing.assert_frame_equal(la, lb)  # 40 rows, none lost or repeated
+
+
+def test_nan_loss_marks_run_failed(tmp_path, monkeypatch):
+    real = ft.diffusion_loss
+    calls = {"n": 0}
+
+    def sometimes_nan(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(ft, "diffusion_loss", sometimes_nan)
+    record = ft.finetune(config(tmp_path, checkpoint_every=1))
+    run = tmp_path / "run"
+    assert record["status"] == "failed" and "non-finite loss (nan) at step 3" in record["reason"]
+    assert json.loads((run / "status.json").read_text())["status"] == "failed"
+    assert len(pd.read_csv(run / "loss.csv")) == 2 and (run / "checkpoints" / "step-000002").is_dir()
+    assert not (run / "lora").exists() and not (run / "samples.csv").exists()
+
+
+def test_bad_inputs_are_clear_errors(tmp_path):
+    with pytest.raises(InputError, match="unknown model 'zoo-nope'.*models.yaml"):
+        ft.finetune(ft.build_config("zoo-nope", DATASET, tmp_path / "x"))
+    with pytest.raises(InputError, match="unknown dataset id 'nope'"):
+        ft.finetune(ft.build_config(MODEL, "nope", tmp_path / "x"))
+    with pytest.raises(InputError, match="field `train`.*mixed precision needs a GPU"):
+        ft.build_config(MODEL, DATASET, tmp_path / "x", overrides={"train": {"device": "cpu", "mixed_precision": "bf16"}})
+    with pytest.raises(InputError, match="train.lora_rankk"):
+        ft.build_config(MODEL, DATASET, tmp_path / "x", overrides={"train": {"lora_rankk": 2}})
+    ft.finetune(config(tmp_path, steps=2), sample=False)
+    with pytest.raises(InputError, match="different training configuration"):
+        ft.finetune(config(tmp_path, steps=3))
+
+
+def test_generation_does_not_depend_on_batch_size(tmp_path):
+    from mc_bench.generate import generate
+
+    cfg = config(tmp_path).resolved()
+    pipe = ft.load_pipeline(cfg)
+    prompts = ["a red circle on a blue background"] * 3 + ["a green square on a white background"] * 2
+    generate(pipe, prompts, tmp_path / "b1", GenerateSettings(num_inference_steps=3, batch_size=1))
+    generate(pipe, prompts, tmp_path / "b5", GenerateSettings(num_inference_steps=3, batch_size=5))
+    from mc_bench.generate import read_samples
+
+    x1, c1 = read_samples(tmp_path / "b1")
+    x5, c5 = read_samples(tmp_path / "b5")
+    assert c1 == c5 == prompts
+    assert np.abs(x1.astype(int) - x5.astype(int)).max() <= 1  # same seeds, same images (up to rounding)
+    assert not np.array_equal(x1[0], x1[1])  # different seeds per image
