@@ -207,6 +207,56 @@ def finetune_cmd(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------------- evaluate
+
+
+def evaluate_cmd(args) -> int:
+    import yaml
+
+    from .config import EvalSettings, validated
+    from .evaluate import evaluate_run
+    from .errors import InputError
+
+    values = {}
+    if args.profile:
+        values = load_manifests(args.manifests).profile(args.profile).evaluate.model_dump(exclude_unset=True)
+    if args.config:
+        values.update((yaml.safe_load(Path(args.config).read_text()) or {}).get("evaluate", {}))
+    for section, fields in parse_overrides(args.set).items():
+        if section != "evaluate":
+            raise InputError(f"--set {section}.*", "only evaluate.* settings apply here", "write --set evaluate.FIELD=VALUE")
+        values.update(fields)
+    settings = validated(EvalSettings, values, "evaluate")
+    table = evaluate_run(args.run_dir, settings, weights=args.weights)
+    if args.json:
+        print(table.to_json(orient="records", indent=1))
+        return 0
+    rows = [{**r, "value": "" if r["value"] != r["value"] else f"{r['value']:.4f}",
+             "note": r["reason"] if isinstance(r["reason"], str) and r["reason"] else (r["warning"] if isinstance(r["warning"], str) else "")}
+            for r in table.to_dict(orient="records")]
+    _print_table(rows, ["metric", "value", "status", "library", "backbone", "n_real", "n_fake"])
+    notes = {r["note"] for r in rows if r["note"]}
+    for note in sorted(notes):
+        print(f"note: {note}")
+    print(f"written: {Path(args.run_dir) / 'metrics.csv'}")
+    return 0
+
+
+def weights_cmd(args) -> int:
+    from .weights import fetch, listing, weights_dir
+
+    for name in args.fetch:
+        print(f"fetched {name} -> {fetch(name, args.dir)}")
+    rows = listing(args.dir)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(f"weights folder: {weights_dir(args.dir)}  (set MC_BENCH_WEIGHTS to change it)\n")
+    _print_table([{**r, "present": "yes" if r["present"] else "MISSING"} for r in rows],
+                 ["name", "present", "sha256", "used_by"])
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------- main
 
 
@@ -258,6 +308,23 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--revision", default=None, help="hub revision for --model hf:<id>")
     ft.add_argument("--no-sample", action="store_true", help="train only")
     ft.set_defaults(func=finetune_cmd)
+
+    ev = sub.add_parser("evaluate", help="FID/KID, CLIP score and ImageReward of a finished run's samples")
+    ev.add_argument("run_dir")
+    ev.add_argument("--profile", default=None, help="take the evaluate settings from this profile")
+    ev.add_argument("--config", default=None, help="YAML file with an `evaluate:` section")
+    ev.add_argument("--set", action="append", default=[], metavar="evaluate.FIELD=VALUE",
+                    help="override one setting, e.g. --set evaluate.fid_backbone=inception")
+    ev.add_argument("--weights", default=None, help="weights folder (default: $MC_BENCH_WEIGHTS)")
+    ev.add_argument("--json", action="store_true")
+    ev.set_defaults(func=evaluate_cmd)
+
+    we = sub.add_parser("weights", help="list the metric backbones in the weights folder; --fetch downloads them")
+    we.add_argument("--dir", default=None, help="weights folder (default: $MC_BENCH_WEIGHTS or <cache>/weights)")
+    we.add_argument("--fetch", action="append", default=[], metavar="NAME",
+                    help="download a backbone (inception, openai-clip, image-reward, bert-base-uncased); repeatable")
+    we.add_argument("--json", action="store_true")
+    we.set_defaults(func=weights_cmd)
 
     return parser
 

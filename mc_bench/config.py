@@ -115,7 +115,7 @@ class TrainSettings(_Strict):
     """How a model is fine-tuned (diffusers' ``train_text_to_image[_lora].py`` knobs, CPU/float32 defaults)."""
 
     method: Literal["lora", "full"] = "lora"
-    steps: int = Field(default=200, gt=0)
+    steps: int = Field(default=200, ge=0)  # 0: no fine-tuning (the pretrained model as it is)
     batch_size: int = Field(default=16, gt=0)
     gradient_accumulation_steps: int = Field(default=1, gt=0)
     learning_rate: float = Field(default=1e-3, gt=0)
@@ -224,6 +224,19 @@ class Manifests(_Strict):
                 self.folder / "profiles.yaml", f"unknown profile {profile_id!r}", f"use one of {sorted(self.profiles)}"
             )
         return self.profiles[profile_id]
+
+
+def validated(cls: type[BaseModel], values: dict, section: str):
+    """``cls(**values)``, with a validation problem raised as one :class:`InputError` naming ``section.field``."""
+    from .errors import InputError
+
+    try:
+        return cls(**(values or {}))
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join([section, *(str(p) for p in first["loc"])])
+        raise InputError(f"settings, field `{field}`", first["msg"],
+                         f"fix the value (the schema: {cls.__name__} in mc_bench.config)") from None
 
 
 # --------------------------------------------------------------------------------------------------- loading

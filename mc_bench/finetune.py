@@ -40,9 +40,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
-from .config import GenerateSettings, Manifests, ModelSpec, TrainSettings, load_manifests, resolve_folder
+from .config import GenerateSettings, Manifests, ModelSpec, TrainSettings, load_manifests, resolve_folder, validated
 from .errors import InputError, ManifestError
 
 LORA_DIR = "lora"
@@ -550,15 +550,8 @@ def build_config(model: str, dataset: str, run_dir: str | Path, profile: str | N
         if section not in base:
             raise InputError("overrides", f"unknown section {section!r}", "use `train` or `generate`")
         base[section] = {**base[section], **(values or {})}
-    settings = {}
-    for section, cls in (("train", TrainSettings), ("generate", GenerateSettings)):
-        try:
-            settings[section] = cls(**base[section])
-        except ValidationError as err:
-            first = err.errors()[0]
-            field = ".".join([section, *(str(p) for p in first["loc"])])
-            raise InputError(f"fine-tune settings, field `{field}`", first["msg"],
-                             "fix the value (the schema: TrainSettings / GenerateSettings in mc_bench.config)") from None
+    settings = {"train": validated(TrainSettings, base["train"], "train"),
+                "generate": validated(GenerateSettings, base["generate"], "generate")}
     return FinetuneConfig(model=model, dataset=dataset, run_dir=Path(run_dir), revision=revision,
                           manifests=Path(manifests) if manifests else None, **settings)
 
@@ -567,7 +560,7 @@ def _final_loss(run_dir: Path) -> float:
     import pandas as pd
 
     losses = pd.read_csv(Path(run_dir) / "loss.csv")["loss"]
-    return float(losses.tail(max(1, len(losses) // 10)).mean())
+    return float(losses.tail(max(1, len(losses) // 10)).mean()) if len(losses) else None
 
 
 def load_run_config(run_dir: Path) -> FinetuneConfig:

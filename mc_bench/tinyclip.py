@@ -102,7 +102,7 @@ def load_clip(folder: str | Path):
     from transformers import CLIPModel, CLIPProcessor
 
     model = CLIPModel.from_pretrained(folder, local_files_only=True).eval()
-    return model, CLIPProcessor.from_pretrained(folder, local_files_only=True)
+    return model, CLIPProcessor.from_pretrained(folder, local_files_only=True, use_fast=False)
 
 
 def tiny_clip_config(vocab_size: int, resolution: int = 16, width: int = 96, layers: int = 3, heads: int = 4,
