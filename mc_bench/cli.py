@@ -257,6 +257,29 @@ def weights_cmd(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------------- run
+
+
+def run_cmd(args) -> int:
+    from .study import run_study
+
+    summary = run_study(args.profile, args.out, manifests=args.manifests, scheduler=args.scheduler,
+                        workers=args.workers, retry_failed=args.retry_failed, weights=args.weights,
+                        ablations=not args.no_ablations)
+    study = Path(args.out) if args.out else REPO_ROOT / "results" / args.profile
+    print(f"\n{summary['done']}/{summary['cells']} cells done, {summary['failed']} failed; "
+          f"{summary['total_seconds']:.0f} s (grid {summary['grid_seconds']:.0f} s)")
+    import pandas as pd
+
+    table = pd.read_csv(study / "selection_summary.csv")
+    print(f"\nleave-one-dataset-out over {int(table['n_datasets'].max())} datasets ({study / 'selection_summary.csv'}):")
+    _print_table([{"method": r["method"], "top1": f"{r['top1']:.3f}", "top3": f"{r['top3']:.3f}",
+                   "mean_regret": f"{r['mean_regret']:.4f}"} for r in table.to_dict(orient="records")],
+                 ["method", "top1", "top3", "mean_regret"])
+    print(f"\nreport: {study / 'report.html'}")
+    return 0 if summary["failed"] == 0 else 1
+
+
 # ----------------------------------------------------------------------------------------------- main
 
 
@@ -318,6 +341,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--weights", default=None, help="weights folder (default: $MC_BENCH_WEIGHTS)")
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(func=evaluate_cmd)
+
+    ru = sub.add_parser("run", help="the whole study of a profile: the grid on Dask, then profile, graph, choose, report")
+    ru.add_argument("--profile", required=True, help="a profile of profiles.yaml (smoke, mini, cpu-paper, paper)")
+    ru.add_argument("--out", default=None, help="study folder (default: results/<profile>)")
+    ru.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler (default: a LocalCluster)")
+    ru.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes (one thread each)")
+    ru.add_argument("--retry-failed", action="store_true", help="run failed cells again")
+    ru.add_argument("--no-ablations", action="store_true", help="skip the ablations in 05_choose")
+    ru.add_argument("--weights", default=None, help="weights folder for the metrics (default: $MC_BENCH_WEIGHTS)")
+    ru.set_defaults(func=run_cmd)
 
     we = sub.add_parser("weights", help="list the metric backbones in the weights folder; --fetch downloads them")
     we.add_argument("--dir", default=None, help="weights folder (default: $MC_BENCH_WEIGHTS or <cache>/weights)")

@@ -35,6 +35,7 @@ import platform
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -464,6 +465,12 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def _same_run(run_dir: Path, config: FinetuneConfig) -> bool:
+    saved = Path(run_dir) / "config.json"
+    return saved.is_file() and (FinetuneConfig.model_validate_json(saved.read_text()).training_fields
+                                == config.training_fields)
+
+
 def _prepare_run_dir(config: FinetuneConfig) -> None:
     """Create the run folder, or check that an existing one holds the same run (then it is resumed)."""
     run_dir = Path(config.run_dir)
@@ -487,10 +494,41 @@ def finetune(config: FinetuneConfig, sample: bool = True, stop_after: int | None
     config = config.resolved()
     run_dir = Path(config.run_dir)
     status = read_status(run_dir)
-    if status and status["status"] == "done" and (run_dir / "config.json").is_file():
-        old = FinetuneConfig.model_validate_json((run_dir / "config.json").read_text())
-        if old.training_fields == config.training_fields:
-            return status
+    if status and status["status"] == "done" and _same_run(run_dir, config):
+        return status
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir):
+        return _finetune_locked(config, sample, stop_after)
+
+
+@contextmanager
+def run_lock(run_dir: Path, timeout: float = 120.0):
+    """An exclusive lock on the run folder: two processes never train the same run. A process killed while
+    holding it releases it (the OS drops the lock), so a restarted study waits at most for a dying one."""
+    import fcntl
+
+    with open(Path(run_dir) / ".lock", "w") as fh:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise InputError(run_dir, f"the run folder is in use by another process for over {timeout:.0f} s",
+                                     "wait for that run to finish, or stop it") from None
+                time.sleep(0.5)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _finetune_locked(config: FinetuneConfig, sample: bool, stop_after: int | None) -> dict:
+    run_dir = Path(config.run_dir)
+    status = read_status(run_dir)
+    if status and status["status"] == "done" and _same_run(run_dir, config):  # done while we waited
+        return status
     _prepare_run_dir(config)
     manifests = load_manifests(config.manifests)
     device = pick_device(config.train.device)
