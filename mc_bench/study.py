@@ -172,7 +172,7 @@ def _client(scheduler: str | None, workers: int, gpus: int):
     if scheduler:
         return Client(scheduler), None
     resources = {"GPU": gpus} if gpus else None
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
                            resources=resources, silence_logs=40)
     return Client(cluster), cluster
 
@@ -410,7 +410,13 @@ def run_study(profile_id: str, study_dir: str | Path | None = None, manifests: s
     grid_seconds = time.perf_counter() - start
     collect_metrics(study_dir, profile_id, manifests)
     notebooks = run_study_notebooks(study_dir, manifests, ablations=ablations)
+    done = cells[cells["status"] == "done"]
+    cell_seconds = float((done["finetune_notebook"] + done["evaluate_notebook"]).sum()) if len(done) else 0.0
     summary = {"profile": profile_id, "cells": len(cells), "done": int((cells["status"] == "done").sum()),
+               # kernel launch + papermill overhead over the time of the grid's notebooks (imports counted apart)
+               "kernel_startup_share": round(float(done["kernel_startup"].sum()) / cell_seconds, 4)
+               if cell_seconds else None,
+               "imports_share": round(float(done["imports"].sum()) / cell_seconds, 4) if cell_seconds else None,
                "failed": int((cells["status"] == "failed").sum()), "grid_seconds": round(grid_seconds, 1),
                "notebook_seconds": notebooks, "total_seconds": round(time.perf_counter() - start, 1)}
     write_json(study_dir / "run_summary.json", summary)

@@ -1,0 +1,133 @@
+"""The study runner on the smoke profile: every notebook runs, a killed runner resumes with nothing lost or
+duplicated, a failing cell is recorded and the grid goes on."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from mc_bench.config import REPO_ROOT
+from mc_bench.study import cell_dir, grid, read_cell, run_grid
+
+
+def _records(study: Path) -> dict:
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted((study / "runs").glob("*/cell.json"))}
+
+
+def test_killed_runner_resumes_with_nothing_lost_or_duplicated(tmp_path):
+    study = tmp_path / "smoke"
+    cmd = [sys.executable, "-m", "mc_bench", "run", "--profile", "smoke", "--out", str(study)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if sum(r.get("status") == "done" for r in _records(study).values()) >= 2:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the runner finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)  # the runner, its Dask workers (kernels follow their parent)
+    proc.wait()
+    before = _records(study)
+    done_before = {k: v for k, v in before.items() if v["status"] == "done"}
+    assert 2 <= len(done_before) < 6
+    time.sleep(2)
+
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    after = _records(study)
+    assert len(after) == 6 and all(r["status"] == "done" for r in after.values())
+    for key, record in done_before.items():  # done cells were not run again
+        assert after[key] == record
+    for folder in (study / "runs").iterdir():
+        loss = pd.read_csv(folder / "loss.csv")
+        assert loss["step"].tolist() == list(range(1, 21))  # 20 smoke steps, none lost or repeated
+        assert (folder / "finetune.ipynb").is_file() and (folder / "evaluate.ipynb").is_file()
+    metrics = pd.read_csv(study / "metrics.csv")
+    assert not metrics.duplicated(["model", "dataset", "metric"]).any()
+    assert len(metrics[["model", "dataset"]].drop_duplicates()) == 6
+    summary = pd.read_csv(study / "selection_summary.csv")
+    assert list(summary.columns[:4]) == ["method", "top1", "top3", "mean_regret"]
+    assert {"M&C", "random", "global-best", "nearest-dataset", "history-weighted"} <= set(summary["method"])
+    assert summary[["top1", "top3"]].apply(lambda c: c.between(0, 1)).all().all()
+    for notebook in ("01_profile", "04_graph", "05_choose", "06_report"):
+        assert (study / "notebooks" / f"{notebook}.ipynb").is_file()
+    assert (study / "selection" / "ablations.csv").is_file() and (study / "graph" / "graph.graphml").is_file()
+    html = (study / "report.html").read_text()
+    assert "Top-k accuracy" in html and "<img" in html
+    run = json.loads((study / "run_summary.json").read_text())
+    assert run["done"] == 6 and 0 < run["kernel_startup_share"] < 1
+
+
+def test_world_notebook_runs_with_papermill(tmp_path):
+    import papermill as pm
+
+    out = tmp_path / "00.ipynb"
+    pm.execute_notebook(str(REPO_ROOT / "notebooks" / "00_world.ipynb"), str(out),
+                        parameters={"profile": "smoke", "images_per_dataset": 4}, kernel_name="python3",
+                        progress_bar=False)
+    assert "shapes-new" in out.read_text()
+
+
+def test_committed_notebooks_are_clean_and_have_one_parameters_cell():
+    import nbformat
+
+    for path in sorted((REPO_ROOT / "notebooks").glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1, path.name
+        assert all(not c.get("outputs") and c.get("execution_count") is None
+                   for c in nb.cells if c.cell_type == "code"), f"{path.name} has outputs"
+
+
+def test_failed_cell_is_recorded_and_the_grid_goes_on(tmp_path):
+    manifests = tmp_path / "manifests"
+    shutil.copytree(REPO_ROOT / "data_manifests", manifests)
+    models = yaml.safe_load((manifests / "models.yaml").read_text())
+    for entry in models["models"]:  # keep the zoo reachable from the copied manifest folder
+        entry["source"] = str((REPO_ROOT / "data_manifests" / entry["source"]).resolve())
+    (tmp_path / "empty-model").mkdir()
+    models["models"].append({**models["models"][0], "id": "zoo-broken", "source": str(tmp_path / "empty-model")})
+    (manifests / "models.yaml").write_text(yaml.safe_dump(models))
+    profiles = yaml.safe_load((manifests / "profiles.yaml").read_text())
+    profiles["profiles"].append({"id": "broken", "models": ["zoo-shapes", "zoo-broken"],
+                                 "datasets": ["shapes-new", "digits-low", "textures-brick"],
+                                 "train": {"steps": 3}, "generate": {"n_samples": 8, "num_inference_steps": 2}})
+    (manifests / "profiles.yaml").write_text(yaml.safe_dump(profiles))
+    cells = run_grid(tmp_path / "study", "broken", manifests=manifests, progress=False)
+    status = cells.set_index(["model", "dataset"])["status"]
+    assert (status.xs("zoo-shapes") == "done").all() and (status.xs("zoo-broken") == "failed").all()
+    record = read_cell(cell_dir(tmp_path / "study", "zoo-broken", "shapes-new"))
+    assert "model_index.json" in record["error"]
+    again = run_grid(tmp_path / "study", "broken", manifests=manifests, progress=False)  # failed cells stay failed
+    assert (again["status"] == cells["status"]).all()
+
+
+def test_profile_statistics_and_similarity():
+    from mc_bench.config import load_manifests
+    from mc_bench.profile import image_statistics, profile_datasets
+
+    grey = np.full((4, 8, 8, 3), 128, dtype=np.uint8)
+    stats = image_statistics(grey)
+    assert stats["brightness"] == pytest.approx(128 / 255) and stats["contrast"] == 0
+    assert stats["colourfulness"] == 0 and stats["saturation"] == 0 and stats["edge_density"] == 0
+    red = np.zeros((4, 8, 8, 3), dtype=np.uint8)
+    red[..., 0] = 255
+    assert image_statistics(red)["saturation"] == 1 and image_statistics(red)["colourfulness"] > 0
+    ids = ["animals-farm", "animals-wild", "digits-low", "digits-high", "textures-brick", "textures-natural"]
+    profiles = profile_datasets(load_manifests(), ids, n_components=2)
+    sim = profiles.similarity.to_numpy()
+    assert np.allclose(sim, sim.T) and np.allclose(np.diag(sim), 1)
+    assert list(profiles.features.columns[-2:]) == ["clip_pc0", "clip_pc1"]
+    assert set(profiles.embeddings["kind"]) == {"image", "caption"}
+    # datasets of one domain are closer to each other than to the other domains' datasets
+    domain = np.repeat(np.arange(3), 2)
+    same = (domain[:, None] == domain[None, :]) & ~np.eye(6, dtype=bool)
+    assert sim[same].mean() > sim[domain[:, None] != domain[None, :]].mean() + 0.2
