@@ -146,7 +146,7 @@ def load_hf_dataset(manifests: Manifests, spec: DatasetSpec):
     import datasets
 
     if spec.source_kind == "hub":
-        ds = datasets.load_dataset(spec.source[3:], revision=spec.revision)
+        ds = datasets.load_dataset(spec.source[3:], spec.params.get("config"), revision=spec.revision)
     else:
         ds = datasets.load_dataset("imagefolder", data_dir=str(dataset_folder(manifests, spec)))
     renames = {old: new for old, new in ((spec.image_column, "image"), (spec.caption_column, "text")) if old != new}

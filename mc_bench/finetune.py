@@ -206,10 +206,13 @@ def load_dataset_split(manifests: Manifests, dataset_id: str, role: str) -> tupl
         images, captions = read_split(dataset_folder(manifests, spec),
                                       spec.splits.train if role == "train" else spec.splits.eval, spec.caption_column)
         return list(images), captions
-    from .data import load_hf_dataset
+    import datasets
 
-    split = load_hf_dataset(manifests, spec)[spec.splits.train if role == "train" else spec.splits.eval]
-    return [np.asarray(im.convert("RGB")) for im in split["image"]], list(split["text"])
+    # a hub split name may use the `datasets` slicing syntax, e.g. "train[:90%]" / "train[90%:]"
+    split = datasets.load_dataset(spec.source[3:], spec.params.get("config"), revision=spec.revision,
+                                  split=spec.splits.train if role == "train" else spec.splits.eval)
+    return ([np.asarray(im.convert("RGB")) for im in split[spec.image_column]],
+            [str(c) for c in split[spec.caption_column]])
 
 
 def resize_shorter(images: list[np.ndarray], resolution: int) -> list[np.ndarray]:
