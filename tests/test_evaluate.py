@@ -174,3 +174,20 @@ def test_quality_table_and_mean_rank():
     assert table["mean_rank"].to_dict() == {"a": 1.5, "b": 1.5, "c": 3.0}
     with pytest.raises(InputError, match="'image_reward' was not computed"):
         ev.quality_table(pd.DataFrame(rows), label="image_reward")
+
+
+def test_cli_weights_and_evaluate(done_run, tmp_path, capsys):
+    from mc_bench.cli import main
+
+    assert main(["weights", "--dir", str(tmp_path), "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["tiny-clip"]["present"] and len(rows["tiny-clip"]["sha256"]) == 16
+    assert not rows["inception"]["present"] and not rows["image-reward"]["present"]
+    assert main(["weights", "--dir", str(tmp_path), "--fetch", "resnet"]) == 2
+    assert "unknown backbone" in capsys.readouterr().err
+    assert main(["evaluate", str(done_run), "--weights", str(tmp_path), "--set", "evaluate.metrics=[fid, clip_score]",
+                 "--set", "evaluate.kid_subsets=5", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["metric"] for r in rows} == {"fid", "fid_clean", "clip_score"}
+    assert main(["evaluate", str(done_run), "--set", "evaluate.resize=lanczos"]) == 2
+    assert "evaluate.resize" in capsys.readouterr().err

@@ -92,6 +92,11 @@ def test_same_config_gives_identical_weights(tmp_path):
     a = load_file(tmp_path / "a" / "lora" / "pytorch_lora_weights.safetensors")
     b = load_file(tmp_path / "b" / "lora" / "pytorch_lora_weights.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # gradient checkpointing recomputes activations: the same weights
+    ft.finetune(config(tmp_path, "gc", random_flip=True, center_crop=False, gradient_accumulation_steps=2,
+                       gradient_checkpointing=True), sample=False)
+    gc = load_file(tmp_path / "gc" / "lora" / "pytorch_lora_weights.safetensors")
+    assert all(torch.allclose(a[k], gc[k], atol=1e-6) for k in a)
     c = ft.finetune(config(tmp_path, "c", seed=1), sample=False)
     assert c["status"] == "done"
     other = load_file(tmp_path / "c" / "lora" / "pytorch_lora_weights.safetensors")

@@ -81,6 +81,7 @@ def test_committed_notebooks_are_clean_and_have_one_parameters_cell():
 
     for path in sorted((REPO_ROOT / "notebooks").glob("*.ipynb")):
         nb = nbformat.read(path, as_version=4)
+        nbformat.validate(nb)  # what JupyterLab checks when it opens a notebook
         tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
         assert len(tagged) == 1, path.name
         assert all(not c.get("outputs") and c.get("execution_count") is None
