@@ -269,6 +269,9 @@ def run_cmd(args) -> int:
     study = Path(args.out) if args.out else REPO_ROOT / "results" / args.profile
     print(f"\n{summary['done']}/{summary['cells']} cells done, {summary['failed']} failed; "
           f"{summary['total_seconds']:.0f} s (grid {summary['grid_seconds']:.0f} s)")
+    if summary.get("kernel_startup_share") is not None:
+        print(f"kernel start-up: {100 * summary['kernel_startup_share']:.1f} % of the grid's notebook time "
+              f"(imports in the first cell: {100 * summary['imports_share']:.1f} %)")
     import pandas as pd
 
     table = pd.read_csv(study / "selection_summary.csv")
