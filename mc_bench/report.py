@@ -54,7 +54,7 @@ def performance_heatmap(history, ax=None):
     if ax is None:
         _, ax = plt.subplots(figsize=(0.32 * norm.shape[1] + 3, 0.35 * norm.shape[0] + 1.5))
     sns.heatmap(norm, ax=ax, cmap="viridis", vmin=0, vmax=1, cbar_kws={"label": f"{history.label} (1 = best)"})
-    best = norm.to_numpy().argmax(axis=0)
+    best = norm.fillna(-1).to_numpy().argmax(axis=0)  # a pair not run is never the best
     ax.scatter(np.arange(norm.shape[1]) + 0.5, best + 0.5, marker="*", color="red", s=40, label="best model")
     ax.set_xlabel("dataset")
     ax.set_ylabel("model")
