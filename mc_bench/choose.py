@@ -333,6 +333,8 @@ def default_methods() -> dict[str, _Selector]:
 
 def _evaluate_fold(history: History, target: str, methods: dict[str, _Selector], ks) -> list[dict]:
     truth = history.label_matrix()[target].dropna()
+    if len(truth) < 2:  # one candidate's result (e.g. a model subset in a sweep): nothing to rank
+        return []
     fold = history.without_runs(target)
     rows = []
     for name, method in methods.items():

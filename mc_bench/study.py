@@ -75,6 +75,19 @@ def eval_settings(profile: str | None = None, overrides: dict | None = None,
 # ------------------------------------------------------------------------------------------------ one cell
 
 
+def _kernel_manager_class():
+    """Kernels over Unix-domain sockets (ipc) rather than TCP ports: kernels started at the same moment by
+    several workers cannot race for a port, and nothing listens on the network."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class IPCKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs):
+            kwargs.setdefault("transport", "ipc")
+            super().__init__(**kwargs)
+
+    return IPCKernelManager
+
+
 @contextmanager
 def _stderr_to(path: Path):
     """Point file descriptor 2 (inherited by kernels) at ``path`` for the duration."""
@@ -96,10 +109,17 @@ def _execute(notebook: str, output: Path, parameters: dict, cwd: Path) -> dict:
     import papermill as pm
 
     start = time.perf_counter()
-    with _stderr_to(output.with_suffix(".log")):  # the kernel's own log lines, kept beside its notebook
-        pm.execute_notebook(str(NOTEBOOKS / notebook), str(output), parameters=parameters, cwd=str(cwd),
-                            progress_bar=False, kernel_name="python3", log_output=False,
-                            shutdown_kernel="immediate")  # all outputs are saved by then; no 2 s graceful wait
+    for attempt in range(2):
+        try:
+            with _stderr_to(output.with_suffix(".log")):  # the kernel's own log lines, kept beside its notebook
+                pm.execute_notebook(str(NOTEBOOKS / notebook), str(output), parameters=parameters, cwd=str(cwd),
+                                    progress_bar=False, kernel_name="python3", log_output=False, start_timeout=180,
+                                    kernel_manager_class=_kernel_manager_class(),
+                                    shutdown_kernel="immediate")  # outputs are saved by then: no 2 s graceful wait
+            break
+        except RuntimeError as err:  # a kernel that never came up is retried once; a failing notebook is not
+            if attempt or "Kernel didn't respond" not in str(err):
+                raise
     wall = time.perf_counter() - start
     nb = nbformat.read(output, as_version=4)
     durations = [c.metadata.get("papermill", {}).get("duration") or 0.0 for c in nb.cells if c.cell_type == "code"]

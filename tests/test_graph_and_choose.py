@@ -151,3 +151,13 @@ def test_cli_choose(tmp_path):
     assert out["dataset"] == "fresh" and not out["held_out"] and len(out["ranking"]) == 3
     bad = subprocess.run(cmd + ["--dataset", "nope"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown dataset 'nope'" in bad.stderr and "Fix:" in bad.stderr
+
+
+def test_lodo_skips_a_dataset_with_fewer_than_two_results(small):
+    from dataclasses import replace
+
+    target = small.datasets[0]
+    runs = small.runs[(small.runs["dataset"] != target) | (small.runs["model"] == small.models[0])]
+    history = replace(small, runs=runs.reset_index(drop=True))  # one model's result left on the target
+    table = leave_one_dataset_out(history, {"global-best": GlobalBest()})
+    assert target not in set(table["dataset"]) and len(table) == len(small.datasets) - 1
