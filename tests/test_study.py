@@ -132,3 +132,19 @@ def test_profile_statistics_and_similarity():
     domain = np.repeat(np.arange(3), 2)
     same = (domain[:, None] == domain[None, :]) & ~np.eye(6, dtype=bool)
     assert sim[same].mean() > sim[domain[:, None] != domain[None, :]].mean() + 0.2
+
+
+def test_drop_figures_keeps_text_outputs(tmp_path):
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook, new_output
+
+    from mc_bench.study import drop_figures
+
+    cell = new_code_cell("plot()", outputs=[new_output("display_data", data={"image/png": "iVBOR", "text/plain": "<Figure>"}),
+                                            new_output("stream", text="loss 0.1\n")])
+    (tmp_path / "runs" / "m__d").mkdir(parents=True)
+    nbformat.write(new_notebook(cells=[cell]), tmp_path / "runs" / "m__d" / "finetune.ipynb")
+    assert drop_figures(tmp_path) == 1
+    outputs = nbformat.read(tmp_path / "runs" / "m__d" / "finetune.ipynb", as_version=4).cells[0].outputs
+    assert "image/png" not in outputs[0]["data"] and outputs[1]["text"] == "loss 0.1\n"
+    assert drop_figures(tmp_path) == 0
