@@ -126,13 +126,9 @@ class FinetuneConfig(BaseModel):
         manifests = load_manifests(self.manifests)
         manifests.dataset(self.dataset)  # an unknown dataset fails here, before anything is written
         spec = resolve_model(self.model, self.revision, manifests)
-        source = spec.source if spec.source.startswith("hf:") else str(resolve_folder(self.manifests_folder, spec.source))
+        source = spec.source if spec.source.startswith("hf:") else str(resolve_folder(manifests.folder, spec.source))
         return self.model_copy(update={"model_source": source, "revision": spec.revision,
                                        "model_family": spec.family})
-
-    @property
-    def manifests_folder(self) -> Path:
-        return load_manifests(self.manifests).folder
 
     @property
     def training_fields(self) -> dict:
