@@ -31,6 +31,7 @@ The study folder (schema)::
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -75,6 +76,7 @@ def eval_settings(profile: str | None = None, overrides: dict | None = None,
 # ------------------------------------------------------------------------------------------------ one cell
 
 
+@functools.cache
 def _kernel_manager_class():
     """Kernels over Unix-domain sockets (ipc) rather than TCP ports: kernels started at the same moment by
     several workers cannot race for a port, and nothing listens on the network."""
@@ -445,8 +447,8 @@ def run_study(profile_id: str, study_dir: str | Path | None = None, manifests: s
 
 def drop_figures(study_dir: str | Path) -> int:
     """Remove image outputs from the grid's executed notebooks (their text outputs, parameters and timings stay;
-    the samples themselves are in each run's ``samples/``). A committed 320-cell study is then ~20 MB instead
-    of ~100 MB. Returns the number of notebooks rewritten."""
+    the samples themselves are in each run's ``samples/``): the 640 executed notebooks of the committed
+    ``cpu-paper`` study take 8.8 MB without their figures. Returns the number of notebooks rewritten."""
     import nbformat
 
     count = 0
