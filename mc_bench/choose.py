@@ -4,16 +4,20 @@ Every selector follows the scikit-learn estimator API: ``fit(history)`` learns f
 :class:`~mc_bench.history.History` and returns ``self``; ``predict(dataset)`` returns one score per model
 (larger = recommended). Fitted attributes end in ``_``; ``__init__`` only stores parameters.
 
-* :class:`MatchAndChoose` — the paper's method: features of the model, of the dataset, their node embeddings on
-  the matching graph, and pairwise features (similarity of the dataset to the model's pretraining data and the
-  history-weighted score), ranked by LightGBM (``lambdarank`` with integer relevance grades, or a regressor on
-  normalised quality as in TransferGraph).
+* :class:`MatchAndChoose` — the paper's method: a LightGBM ranker over features of the model, of the dataset, their
+  affinity in a graph embedding of the matching graph, and collaborative scores from the other datasets' runs
+  (stacking). Boosting starts from a collaborative prior, and both the prior's bandwidth and the number of boosting
+  rounds are chosen inside ``fit`` by cross-validation over the *training* datasets (0 rounds = the prior alone),
+  so a fold never sees its target and the ranker only departs from the prior where that helped on held-out data.
 * Baselines: :class:`RandomChoice` (scored by its exact expectation), :class:`GlobalBest`,
   :class:`NearestDataset`, :class:`HistoryWeighted`; "metadata-only" is ``MatchAndChoose(embedding=None,
-  neighbour_features=False)``.
+  collaborative=False, prior="none")``: the same ranker on model and dataset features alone.
 
 :func:`leave_one_dataset_out` holds out each dataset in turn: the fold's history has none of its runs, so none
-of them can reach the graph, the features or the ranker.
+of them can reach the graph, the features or the ranker. Results do not depend on the process, the number of BLAS
+or OpenMP threads or ``n_jobs``: LightGBM runs single-threaded in deterministic mode, BLAS is limited to one
+thread during a fold, and learned features are rounded to ``FEATURE_DECIMALS`` decimals so that last-bit
+differences between machines cannot move a tree split.
 """
 
 from __future__ import annotations
@@ -26,9 +30,16 @@ import pandas as pd
 from joblib import Parallel, delayed
 from sklearn.base import BaseEstimator, clone
 
-from .graph import Node2Vec, SpectralGraphEmbedding, build_matching_graph, dataset_node, model_node
+from .graph import Node2Vec, SpectralGraphEmbedding, dataset_node, matching_sparse_graph, model_node
 from .history import History
 from .ranking import DEFAULT_KS, ndcg_at_k, random_expectation, ranking_metrics
+
+FEATURE_DECIMALS = 9
+BANDWIDTH_GRID = (0.03, 0.1, 0.3, 1.0, 3.0, 100.0)
+# 0: the nearest dataset alone; np.inf: every dataset weighs the same (global-best)
+PRIOR_BANDWIDTHS = (0.0, 0.03, 0.1, 0.3, 1.0, 3.0, np.inf)
+NEAREST_BANDWIDTH = 1e-6  # what bandwidth 0 means in practice: the nearest dataset outweighs the next by e^1e6
+ROUND_CHECKPOINTS = (0, 5, 10, 25, 50, 100, 150)
 
 
 class _Selector(BaseEstimator):
@@ -45,6 +56,90 @@ class _Selector(BaseEstimator):
         out = pd.DataFrame({"model": scores.index[order], "score": scores.to_numpy()[order]})
         out["rank"] = np.arange(1, len(out) + 1)
         return out
+
+
+# ------------------------------------------------------------------------------------------ collaborative scores
+
+
+def collaborative_scores(norm: np.ndarray, similarity: np.ndarray, bandwidth: float) -> np.ndarray:
+    """Similarity-weighted means of normalised quality, for many targets at once.
+
+    ``norm`` is models × datasets (NaN where a pair was not run, skipped rather than counted as zero);
+    ``similarity`` is targets × datasets, NaN where a dataset must not be used for that target (its own runs).
+    Weights are ``exp((s - s_max) / (bandwidth * spread))`` over the usable datasets of each target;
+    ``bandwidth=inf`` weighs every dataset the same (the global mean). Returns models × targets (NaN where no
+    usable dataset has a run of the model)."""
+    s = np.asarray(similarity, dtype=float)
+    usable = ~np.isnan(s)
+    if np.isinf(bandwidth):
+        w = usable.astype(float)
+    else:
+        filled = np.where(usable, s, np.nan)
+        with np.errstate(all="ignore"):
+            s_max = np.nanmax(filled, axis=1, keepdims=True)
+            spread = np.maximum(s_max - np.nanmin(filled, axis=1, keepdims=True), 1e-9)
+        w = np.where(usable, np.exp((np.where(usable, s, 0.0) - np.nan_to_num(s_max)) / (bandwidth * spread)), 0.0)
+    observed = ~np.isnan(norm)
+    num = np.where(observed, norm, 0.0) @ w.T
+    den = observed.astype(float) @ w.T
+    with np.errstate(all="ignore"):
+        return np.where(den > 0, num / den, np.nan)
+
+
+def _leave_self_out(similarity: pd.DataFrame, targets: list[str], datasets: list[str]) -> np.ndarray:
+    """targets × datasets similarity with each target's own column (its own runs) blanked."""
+    s = similarity.reindex(index=targets, columns=datasets).to_numpy(dtype=float).copy()
+    position = {d: j for j, d in enumerate(datasets)}
+    for i, t in enumerate(targets):
+        if t in position:
+            s[i, position[t]] = np.nan
+    return s
+
+
+def top_pick_loss(scores: np.ndarray, norm: np.ndarray) -> np.ndarray:
+    """Per dataset (columns), the loss of taking the top-scored model among those with a result: the mean of
+    *missed the best* (0 or 1: top-1) and ``1 - normalised quality`` of the pick (0 for the best, 1 for the worst:
+    regret on a scale shared by all datasets). The criterion of every inner choice in :class:`MatchAndChoose`,
+    which is judged on top-1 and regret. NaN for a dataset with fewer than 2 results."""
+    out = np.full(norm.shape[1], np.nan)
+    for j in range(norm.shape[1]):
+        truth = norm[:, j]
+        ok = ~np.isnan(truth)
+        if ok.sum() < 2:
+            continue
+        s = np.where(ok & ~np.isnan(scores[:, j]), scores[:, j], -np.inf)
+        picked = truth[int(np.argmax(s))]
+        out[j] = 0.5 * float(picked < np.nanmax(truth) - 1e-12) + 0.5 * (1.0 - picked)
+    return out
+
+
+def prior_scores(norm: np.ndarray, similarity: np.ndarray, bandwidth: float,
+                 overall: np.ndarray | None = None) -> np.ndarray:
+    """The collaborative prior: :func:`collaborative_scores` at ``bandwidth`` (0 = the nearest dataset), gaps filled
+    by the global mean (``overall``, computed when not given), ties broken by it (models × targets)."""
+    weighted = collaborative_scores(norm, similarity, NEAREST_BANDWIDTH if bandwidth == 0 else bandwidth)
+    if overall is None:
+        overall = collaborative_scores(norm, np.where(np.isnan(similarity), np.nan, 1.0), np.inf)
+    overall = np.nan_to_num(overall, nan=0.0)
+    return np.where(np.isnan(weighted), overall, weighted) + 1e-6 * overall
+
+
+def choose_bandwidth(norm: pd.DataFrame, similarity: pd.DataFrame | None, grid=PRIOR_BANDWIDTHS) -> float:
+    """The collaborative prior's bandwidth with the lowest mean :func:`top_pick_loss` over an inner
+    leave-one-dataset-out on the training datasets (ties: the widest, i.e. the most conservative). The grid spans
+    nearest-dataset (0) to global-best (``inf``), so the prior is whichever of these the history supports."""
+    if similarity is None or norm.shape[1] < 3:
+        return np.inf
+    datasets = list(norm.columns)
+    s = _leave_self_out(similarity, datasets, datasets)
+    values = norm.to_numpy(dtype=float)
+    overall = collaborative_scores(values, np.where(np.isnan(s), np.nan, 1.0), np.inf)
+    best, best_loss = np.inf, np.inf
+    for bandwidth in sorted(grid, reverse=True):
+        loss = float(np.nanmean(top_pick_loss(prior_scores(values, s, bandwidth, overall), values)))
+        if loss < best_loss - 1e-12:
+            best, best_loss = bandwidth, loss
+    return best
 
 
 # ------------------------------------------------------------------------------------------------ baselines
@@ -100,9 +195,6 @@ class NearestDataset(_Selector):
         return self.norm_[nearest].fillna(-1.0) + tie_break
 
 
-BANDWIDTH_GRID = (0.03, 0.1, 0.3, 1.0, 3.0, 100.0)
-
-
 class HistoryWeighted(_Selector):
     """Each model's normalised quality on the training datasets, averaged with weights that decay with dataset
     distance: ``w = exp((s - s_max) / (bandwidth * spread))`` for similarities ``s`` to the target — collaborative
@@ -129,14 +221,16 @@ def select_bandwidth(norm: pd.DataFrame, similarity: pd.DataFrame | None, grid=B
     """The history-weighted bandwidth with the best mean NDCG@5 over an inner leave-one-dataset-out."""
     if similarity is None or norm.shape[1] < 3:
         return grid[len(grid) // 2]
+    datasets = list(norm.columns)
+    s = _leave_self_out(similarity, datasets, datasets)
+    values = norm.to_numpy(dtype=float)
     best, best_score = grid[0], -np.inf
     for bw in grid:
+        pred = np.nan_to_num(collaborative_scores(values, s, bw), nan=-1.0)
         scores = []
-        for d in norm.columns:
-            others = [x for x in norm.columns if x != d]
-            truth = norm[d].dropna()
-            pred = history_weighted_scores(norm[others], similarity.loc[d, others], bw).reindex(truth.index)
-            scores.append(ndcg_at_k(pred.to_numpy(), truth.to_numpy(), 5))
+        for j in range(len(datasets)):
+            ok = ~np.isnan(values[:, j])
+            scores.append(ndcg_at_k(pred[ok, j], values[ok, j], 5))
         if np.mean(scores) > best_score + 1e-12:
             best, best_score = bw, float(np.mean(scores))
     return best
@@ -145,154 +239,253 @@ def select_bandwidth(norm: pd.DataFrame, similarity: pd.DataFrame | None, grid=B
 def history_weighted_scores(norm: pd.DataFrame, similarity: pd.Series, bandwidth: float) -> pd.Series:
     """Similarity-weighted mean of normalised quality (missing runs are skipped, not counted as zero)."""
     cols = [d for d in similarity.index if d in norm.columns]
-    s = similarity[cols].to_numpy(dtype=float)
-    spread = max(s.max() - s.min(), 1e-9)
-    w = np.exp((s - s.max()) / (bandwidth * spread))
-    values = norm[cols].to_numpy(dtype=float)
-    mask = ~np.isnan(values)
-    num = np.where(mask, values, 0.0) @ w
-    den = mask.astype(float) @ w
-    return pd.Series(np.where(den > 0, num / np.maximum(den, 1e-300), -1.0), index=norm.index)
+    s = similarity[cols].to_numpy(dtype=float)[None, :]
+    scores = collaborative_scores(norm[cols].to_numpy(dtype=float), s, bandwidth)[:, 0]
+    return pd.Series(np.where(np.isnan(scores), -1.0, scores), index=norm.index)
 
 
 # ------------------------------------------------------------------------------------------------ M&C
 
 
 class MatchAndChoose(_Selector):
-    """Match & Choose: a LightGBM ranker over model features, dataset features, graph embeddings of both, and
-    (optionally) pairwise features.
+    """Match & Choose: a LightGBM ranker over model features, dataset features, graph-embedding affinities and
+    collaborative scores, boosted from a collaborative prior.
+
+    For every (model, dataset) pair the ranker sees:
+
+    * the model's features (``m_*``) and the dataset's (``d_*``);
+    * ``affinity`` — the cosine of the model's and the dataset's nodes in a graph embedding of the matching graph
+      (the paper's graph embeddings; ``embedding_coordinates`` adds the raw coordinates);
+    * collaborative scores from the *other* datasets' runs (``collaborative``): the model's mean normalised quality
+      (``global_mean``), its similarity-weighted mean (``weighted_mean``, the prior's bandwidth), the quality on the
+      most similar dataset (``nearest``), and the similarity of the dataset to the model's pretraining data
+      (``pretrain_similarity``). A training dataset's scores are computed without its own runs, exactly as they
+      will be for a new dataset.
+
+    The score is ``prior + boosting``: the prior is the similarity-weighted mean (``prior="auto"``: bandwidth
+    chosen by inner leave-one-dataset-out, ``inf`` = global-best), ``"global"``, or ``"none"``; LightGBM
+    regresses the remaining normalised quality. ``n_estimators="auto"`` picks the number of rounds among
+    :data:`ROUND_CHECKPOINTS` by ``inner_folds``-fold cross-validation over the training datasets (graph, embedding
+    and collaborative scores rebuilt without each inner fold), minimising the mean top-pick loss
+    (:func:`top_pick_loss`); 0 rounds keeps the prior. Inner choices use the training datasets only.
 
     Parameters
     ----------
-    embedding : Node2Vec, SpectralGraphEmbedding or None
-        Graph embedding learned on the matching graph (cloned and fitted in ``fit``); ``None`` for none. It
-        enters the features as the model–dataset affinity (cosine of the two node embeddings).
-    embedding_coordinates : bool
-        Also give the ranker the raw embedding coordinates of both nodes (2 × dimensions features).
-    objective : "lambdarank" or "regression"
-        LightGBM objective: learning-to-rank per dataset with integer relevance grades, or regression on the
-        normalised quality (TransferGraph's set-up).
-    n_grades : int
-        Relevance grades for lambdarank: ``round(normalised quality * (n_grades - 1))``; gains ``2**g - 1``.
-    neighbour_features : bool
-        Add collaborative pairwise features computed from the other datasets' runs only: the model's mean normalised quality,
-        its history-weighted score on the dataset, and the similarity of the dataset to the model's pretraining
-        data.
-    bandwidth : float or None
-        Bandwidth of the history-weighted feature; ``None`` selects it by inner cross-validation (see
-        :class:`HistoryWeighted`).
-    prior : "none", "model_mean" or "history_weighted"
-        Regression only: boosting starts from this pairwise feature (``init_score``) and learns corrections to it.
+    embedding : SpectralGraphEmbedding, Node2Vec or None
+        Graph embedding of the matching graph (cloned and fitted in ``fit``). The default, Laplacian eigenmaps, is
+        deterministic to the last digit that matters on any machine; node2vec's float32 skip-gram is not.
+    collaborative : bool
+        Add the collaborative scores as features (stacking).
+    prior : "auto", "global", "none" or a float bandwidth
+    n_estimators : "auto" or int
+    objective : "regression" (on normalised quality) or "lambdarank" (integer grades, gains ``2**g - 1``)
+    inner_folds : int
+        Folds of the inner cross-validation (at most the number of training datasets).
     edge_threshold, data_knn : matching-graph construction (see :func:`mc_bench.graph.build_matching_graph`).
-    n_estimators, learning_rate, num_leaves, min_child_samples, colsample_bytree, random_state : LightGBM's.
+    max_rows : int
+        The booster learns from at most this many (model, training dataset) pairs: with more, every training dataset
+        contributes the same number of its models, drawn at random (``random_state``) anew for each dataset; the
+        inner cross-validation runs on a random subset of the models sized for a quarter as many pairs. Learning and
+        choosing then cost about the same for 1,000 candidates as for 100, and every candidate is still scored.
+        Histories of up to ``max_rows / 4`` pairs (TransferGraph's, the world's) are not subsampled.
+    learning_rate, num_leaves, min_child_samples, colsample_bytree, n_grades, random_state : LightGBM's.
 
-    The defaults were chosen on validation histories only — two synthetic histories and the five TransferGraph
-    datasets that are not in its published table — never on the datasets that are reported.
+    The defaults were chosen on validation histories only (``mc_bench.validation``: the TransferGraph datasets
+    outside its published table, the world's validation datasets, synthetic histories with seeds ≥ 100), never
+    on the datasets that are reported.
     """
 
-    def __init__(self, embedding=Node2Vec(), objective: Literal["lambdarank", "regression"] = "regression",
-                 n_grades: int = 8, neighbour_features: bool = False, bandwidth: float | None = None,
-                 edge_threshold: float = 0.5, data_knn: int = 5, n_estimators: int = 300,
-                 learning_rate: float = 0.05, num_leaves: int = 15, min_child_samples: int = 10,
-                 colsample_bytree: float = 1.0, embedding_coordinates: bool = False, prior: Literal["none", "model_mean", "history_weighted"] = "none",
-                 random_state: int = 0):
+    def __init__(self, embedding=SpectralGraphEmbedding(), collaborative: bool = True,
+                 prior: Literal["auto", "global", "none"] | float = "auto",
+                 n_estimators: Literal["auto"] | int = "auto", objective: Literal["regression", "lambdarank"] = "regression",
+                 inner_folds: int = 5, learning_rate: float = 0.1, num_leaves: int = 7, min_child_samples: int = 20,
+                 colsample_bytree: float = 1.0, embedding_coordinates: bool = False, edge_threshold: float = 0.5,
+                 data_knn: int = 5, n_grades: int = 8, max_rows: int = 20000, random_state: int = 0):
         self.embedding = embedding
-        self.objective = objective
-        self.n_grades = n_grades
-        self.neighbour_features = neighbour_features
-        self.bandwidth = bandwidth
-        self.edge_threshold = edge_threshold
-        self.data_knn = data_knn
+        self.collaborative = collaborative
+        self.prior = prior
         self.n_estimators = n_estimators
+        self.objective = objective
+        self.inner_folds = inner_folds
         self.learning_rate = learning_rate
         self.num_leaves = num_leaves
         self.min_child_samples = min_child_samples
         self.colsample_bytree = colsample_bytree
-        self.prior = prior
         self.embedding_coordinates = embedding_coordinates
+        self.edge_threshold = edge_threshold
+        self.data_knn = data_knn
+        self.n_grades = n_grades
+        self.max_rows = max_rows
         self.random_state = random_state
 
     # -- features --------------------------------------------------------------------------------------
 
-    def _pair_features(self, models: list[str], datasets: list[str]) -> pd.DataFrame:
-        """Feature rows for every (model, dataset) pair, dataset-major. Pairwise features of a training dataset
-        are computed without that dataset's own runs, exactly as they will be for a new dataset."""
-        h = self.history_
-        n_m = len(models)
-        blocks = [pd.DataFrame({"model": np.tile(models, len(datasets)), "dataset": np.repeat(datasets, n_m)})]
-        mf = h.model_features.reindex(models).add_prefix("m_")
-        blocks.append(pd.concat([mf] * len(datasets), ignore_index=True))
-        df = h.dataset_features.reindex(datasets).add_prefix("d_")
-        blocks.append(df.loc[df.index.repeat(n_m)].reset_index(drop=True))
-        if self.embedding_ is not None:
-            emb = self.embedding_.embeddings_
-            me = emb.reindex([model_node(m) for m in models]).to_numpy()
-            de = emb.reindex([dataset_node(d) for d in datasets]).to_numpy()
-            me_t, de_r = np.tile(me, (len(datasets), 1)), np.repeat(de, n_m, axis=0)
-            cols = emb.columns
-            if self.embedding_coordinates:
-                blocks.append(pd.DataFrame(me_t, columns=[f"me_{c}" for c in cols]))
-                blocks.append(pd.DataFrame(de_r, columns=[f"de_{c}" for c in cols]))
-            cos = (me_t * de_r).sum(1) / np.maximum(np.linalg.norm(me_t, axis=1) * np.linalg.norm(de_r, axis=1), 1e-12)
-            blocks.append(pd.DataFrame({"emb_cosine": cos}))
-        if self.neighbour_features:
-            blocks.append(self._neighbour_block(models, datasets))
-        return pd.concat(blocks, axis=1)
+    def _embed(self, history: History) -> pd.DataFrame | None:
+        if self.embedding is None:
+            return None
+        graph = matching_sparse_graph(history, self.edge_threshold, self.data_knn)
+        return clone(self.embedding).fit(graph).embeddings_
 
-    def _neighbour_block(self, models: list[str], datasets: list[str]) -> pd.DataFrame:
-        """Pairwise features from the other datasets' runs (never the dataset's own): the model's mean normalised
-        quality, its history-weighted score, and the similarity of the dataset to the model's pretraining data."""
-        h = self.history_
-        sim = h.dataset_similarity()
-        norm = self.norm_.reindex(models)
-        mean, hw, pre = [], [], []
-        for d in datasets:
-            others = [x for x in norm.columns if x != d]
-            mean.append(norm[others].mean(axis=1).to_numpy())
-            if sim is None or d not in sim.index:
-                hw.append(np.full(len(models), np.nan))
-                pre.append(np.full(len(models), np.nan))
-                continue
-            hw.append(history_weighted_scores(norm[others], sim.loc[d, others], self.bandwidth_).to_numpy())
-            pre.append(np.array([max((sim.at[d, p] for p in h.pretrain.get(m, ()) if p in sim.columns),
-                                     default=np.nan) for m in models]))
-        return pd.DataFrame({"model_mean": np.concatenate(mean), "history_weighted": np.concatenate(hw),
-                             "pretrain_similarity": np.concatenate(pre)})
+    def _design(self, history: History, norm: pd.DataFrame, embeddings: pd.DataFrame | None,
+                targets: list[str]) -> pd.DataFrame:
+        """Feature rows for every (model, target) pair, target-major. Collaborative scores use ``norm``'s datasets
+        other than the target."""
+        models = history.models
+        n_m, n_t = len(models), len(targets)
+        blocks = [history.model_features.reindex(models).add_prefix("m_").iloc[np.tile(np.arange(n_m), n_t)]
+                  .reset_index(drop=True)]
+        df = history.dataset_features.reindex(targets).add_prefix("d_")
+        blocks.append(df.iloc[np.repeat(np.arange(n_t), n_m)].reset_index(drop=True))
+        learned = {}
+        if embeddings is not None:
+            me = embeddings.reindex([model_node(m) for m in models]).to_numpy()
+            de = embeddings.reindex([dataset_node(d) for d in targets]).to_numpy()
+            me_t, de_r = np.tile(me, (n_t, 1)), np.repeat(de, n_m, axis=0)
+            if self.embedding_coordinates:
+                learned.update({f"me_{c}": me_t[:, i] for i, c in enumerate(embeddings.columns)})
+                learned.update({f"de_{c}": de_r[:, i] for i, c in enumerate(embeddings.columns)})
+            norms = np.maximum(np.linalg.norm(me_t, axis=1) * np.linalg.norm(de_r, axis=1), 1e-12)
+            learned["affinity"] = (me_t * de_r).sum(1) / norms
+        sim = history.dataset_similarity()
+        values = norm.reindex(models).to_numpy(dtype=float)
+        uniform = _leave_self_out(pd.DataFrame(1.0, index=targets, columns=norm.columns), targets, list(norm.columns))
+        overall = collaborative_scores(values, uniform, np.inf)
+        if sim is not None:
+            s = _leave_self_out(sim, targets, list(norm.columns))
+            weighted = collaborative_scores(values, s, NEAREST_BANDWIDTH if self.bandwidth_ == 0 else self.bandwidth_)
+            nearest = weighted if self.bandwidth_ == 0 else collaborative_scores(values, s, NEAREST_BANDWIDTH)
+            filled = np.nan_to_num(overall, nan=0.0)
+            prior = np.where(np.isnan(weighted), filled, weighted) + 1e-6 * filled  # = prior_scores(...)
+        else:
+            weighted = nearest = np.full((n_m, n_t), np.nan)
+            prior = np.nan_to_num(overall, nan=0.0)
+        collab = {"global_mean": overall.T.reshape(-1), "weighted_mean": weighted.T.reshape(-1),
+                  "nearest": nearest.T.reshape(-1), "pretrain_similarity": self._pretrain_similarity(history, models,
+                                                                                                   targets)}
+        if self.collaborative:
+            learned.update(collab)
+        x = pd.concat(blocks + [pd.DataFrame({k: np.round(v, FEATURE_DECIMALS) for k, v in learned.items()})], axis=1)
+        if self.prior == "none":
+            prior = np.zeros((n_m, n_t))
+        elif self.prior == "global":
+            prior = np.nan_to_num(overall, nan=0.0)
+        x.attrs["prior"] = np.round(prior.T.reshape(-1), FEATURE_DECIMALS)
+        return x
+
+    @staticmethod
+    def _pretrain_similarity(history: History, models: list[str], targets: list[str]) -> np.ndarray:
+        """Similarity of each target to the closest of each model's pretraining datasets (NaN when unknown)."""
+        sim = history.dataset_similarity()
+        out = np.full((len(targets), len(models)), np.nan)
+        if sim is None or not history.pretrain:
+            return out.reshape(-1)
+        columns = list(sim.columns)
+        position = {d: k for k, d in enumerate(columns)}
+        linked = np.zeros((len(models), len(columns)), bool)
+        for j, m in enumerate(models):
+            for p in history.pretrain.get(m, ()):
+                if p in position:
+                    linked[j, position[p]] = True
+        known = [i for i, t in enumerate(targets) if t in sim.index]
+        if known:
+            s = sim.loc[[targets[i] for i in known]].to_numpy(dtype=float)
+            best = np.where(linked[None, :, :], s[:, None, :], -np.inf).max(axis=2)
+            out[known] = np.where(np.isinf(best), np.nan, best)
+        return out.reshape(-1)
+
+    # -- the booster -----------------------------------------------------------------------------------
+
+    def _train(self, x: pd.DataFrame, y: np.ndarray, rounds: int):
+        import lightgbm as lgb
+
+        params = dict(learning_rate=self.learning_rate, num_leaves=self.num_leaves,
+                      min_data_in_leaf=self.min_child_samples, feature_fraction=self.colsample_bytree,
+                      seed=self.random_state, num_threads=1, deterministic=True, force_row_wise=True, verbose=-1,
+                      feature_pre_filter=False, max_bin=63)
+        features = x[self.feature_names_]
+        if self.objective == "lambdarank":
+            grades = np.rint(np.clip(y, 0, 1) * (self.n_grades - 1)).astype(int)
+            groups = x.groupby("_target", sort=False).size().to_numpy()
+            params.update(objective="lambdarank", label_gain=[2**g - 1 for g in range(self.n_grades)])
+            data = lgb.Dataset(features, grades, group=groups, init_score=x.attrs["prior"], free_raw_data=False)
+        elif self.objective == "regression":
+            params.update(objective="regression")
+            data = lgb.Dataset(features, y, init_score=x.attrs["prior"], free_raw_data=False)
+        else:
+            raise ValueError(f"objective must be 'lambdarank' or 'regression', not {self.objective!r}")
+        return lgb.train(params, data, num_boost_round=rounds)
+
+    def _training_rows(self, history: History, norm: pd.DataFrame, embeddings) -> tuple[pd.DataFrame, np.ndarray]:
+        datasets = list(norm.columns)
+        n_m = len(history.models)
+        x = self._design(history, norm, embeddings, datasets)
+        x["_target"] = np.repeat(np.arange(len(datasets)), n_m)  # the lambdarank groups
+        y = norm.reindex(history.models).to_numpy(dtype=float).T.reshape(-1)
+        keep = ~np.isnan(y)
+        per_dataset = max(1, self.max_rows // max(1, len(datasets)))
+        if n_m > per_dataset:  # the same number of random models from every training dataset
+            rng = np.random.default_rng(self.random_state)
+            sampled = np.zeros(len(y), bool)
+            for j in range(len(datasets)):
+                sampled[j * n_m + rng.choice(n_m, per_dataset, replace=False)] = True
+            keep &= sampled
+        prior = x.attrs["prior"][keep]
+        x = x.loc[keep].reset_index(drop=True)
+        x.attrs["prior"] = prior
+        return x, y[keep]
+
+    def _inner_folds(self, datasets: list[str]) -> list[list[str]]:
+        k = max(2, min(self.inner_folds, len(datasets)))
+        order = np.random.default_rng(self.random_state).permutation(len(datasets))
+        return [sorted(datasets[i] for i in order[f::k]) for f in range(k)]
+
+    def _choose_rounds(self, history: History, norm: pd.DataFrame) -> tuple[int, dict[int, float]]:
+        checkpoints = sorted(c for c in ROUND_CHECKPOINTS if c <= max(ROUND_CHECKPOINTS))
+        losses: dict[int, list[float]] = {c: [] for c in checkpoints}
+        for held in self._inner_folds(list(norm.columns)):
+            inner = history.without_runs(held)
+            inner_norm = norm.drop(columns=held)
+            embeddings = self._embed(inner)
+            x, y = self._training_rows(inner, inner_norm, embeddings)
+            booster = self._train(x, y, checkpoints[-1]) if checkpoints[-1] > 0 else None
+            xt = self._design(inner, inner_norm, embeddings, held)
+            truth = norm.reindex(history.models)[held].to_numpy(dtype=float)
+            raw, done = xt.attrs["prior"].copy(), 0
+            for c in checkpoints:  # each checkpoint adds the trees after the previous one: one pass in all
+                if c > done:
+                    raw = raw + booster.predict(xt[self.feature_names_], start_iteration=done, num_iteration=c - done)
+                    done = c
+                scores = raw.reshape(len(held), len(history.models)).T
+                losses[c].extend(v for v in top_pick_loss(scores, truth) if not np.isnan(v))
+        mean = {c: float(np.mean(v)) if v else np.inf for c, v in losses.items()}
+        best = min(checkpoints, key=lambda c: (round(mean[c], 9), c))
+        return best, mean
 
     # -- estimator API ---------------------------------------------------------------------------------
 
     def fit(self, history: History) -> "MatchAndChoose":
-        import lightgbm as lgb
-
         self.history_ = history
         self.norm_ = history.normalised()
-        self.bandwidth_ = self.bandwidth
-        if self.bandwidth_ is None and self.neighbour_features:
-            self.bandwidth_ = select_bandwidth(self.norm_, history.dataset_similarity())
-        self.graph_ = build_matching_graph(history, self.edge_threshold, self.data_knn)
-        self.embedding_ = clone(self.embedding).fit(self.graph_) if self.embedding is not None else None
-        datasets = list(self.norm_.columns)
-        models = history.models
-        x = self._pair_features(models, datasets)
-        y = self.norm_.to_numpy().T.reshape(-1)  # dataset-major, like x
-        keep = ~np.isnan(y)
-        x, y = x.loc[keep].reset_index(drop=True), y[keep]
-        self.feature_names_ = [c for c in x.columns if c not in ("model", "dataset")]
-        params = dict(n_estimators=self.n_estimators, learning_rate=self.learning_rate, num_leaves=self.num_leaves,
-                      min_child_samples=self.min_child_samples, colsample_bytree=self.colsample_bytree,
-                      random_state=self.random_state, n_jobs=1,
-                      deterministic=True, force_row_wise=True, verbose=-1)
-        if self.objective == "lambdarank":
-            grades = np.rint(y * (self.n_grades - 1)).astype(int)
-            groups = x.groupby("dataset", sort=False).size().to_numpy()
-            self.model_ = lgb.LGBMRanker(objective="lambdarank", label_gain=[2**g - 1 for g in range(self.n_grades)],
-                                         **params)
-            self.model_.fit(x[self.feature_names_], grades, group=groups)
-        elif self.objective == "regression":
-            self.model_ = lgb.LGBMRegressor(objective="regression", **params)
-            self.model_.fit(x[self.feature_names_], y, init_score=self._prior(x))
+        sim = history.dataset_similarity()
+        if self.prior == "auto":
+            self.bandwidth_ = choose_bandwidth(self.norm_, sim)
+        elif self.prior in ("global", "none"):
+            self.bandwidth_ = choose_bandwidth(self.norm_, sim) if self.collaborative else np.inf
         else:
-            raise ValueError(f"objective must be 'lambdarank' or 'regression', not {self.objective!r}")
+            self.bandwidth_ = float(self.prior)
+        self.embeddings_ = self._embed(history)
+        x, y = self._training_rows(history, self.norm_, self.embeddings_)
+        self.feature_names_ = [c for c in x.columns if c != "_target"]
+        if self.n_estimators == "auto":
+            inner = history
+            n_inner = max(2, (self.max_rows // 4) // max(1, len(history.datasets)))
+            if len(history.models) > n_inner:  # the inner choice on a random subset of the candidates
+                rng = np.random.default_rng(self.random_state)
+                inner = history.subset(models=sorted(rng.choice(history.models, n_inner, replace=False)))
+            self.n_estimators_, self.cv_loss_ = self._choose_rounds(inner, inner.normalised())
+        else:
+            self.n_estimators_, self.cv_loss_ = int(self.n_estimators), {}
+        self.model_ = self._train(x, y, self.n_estimators_) if self.n_estimators_ > 0 else None
         return self
 
     def predict(self, dataset: str) -> pd.Series:
@@ -300,27 +493,16 @@ class MatchAndChoose(_Selector):
         sim = self.history_.dataset_similarity()
         if dataset not in self.history_.dataset_features.index and (sim is None or dataset not in sim.index):
             raise ValueError(f"unknown dataset {dataset!r}: add it with History.with_dataset(...) first")
-        models = self.history_.models
-        x = self._pair_features(models, [dataset])
-        scores = self.model_.predict(x[self.feature_names_])
-        if self.objective == "regression":
-            scores = scores + self._prior(x)
-        return pd.Series(scores, index=models)
-
-    def _prior(self, x: pd.DataFrame) -> np.ndarray:
-        """The starting score that boosting corrects: zero, or a collaborative-filtering score."""
-        if self.prior == "none":
-            return np.zeros(len(x))
-        if not self.neighbour_features:
-            raise ValueError(f"prior={self.prior!r} needs neighbour_features=True")
-        return x[self.prior].fillna(x["model_mean"]).fillna(0.0).to_numpy()
+        x = self._design(self.history_, self.norm_, self.embeddings_, [dataset])
+        scores = x.attrs["prior"] + (self.model_.predict(x[self.feature_names_]) if self.model_ is not None else 0.0)
+        return pd.Series(scores, index=self.history_.models)
 
 
 def default_methods() -> dict[str, _Selector]:
     """M&C with its defaults and every baseline, as evaluated in the report."""
     return {
         "M&C": MatchAndChoose(),
-        "metadata-only": MatchAndChoose(embedding=None),
+        "metadata-only": MatchAndChoose(embedding=None, collaborative=False, prior="none"),
         "history-weighted": HistoryWeighted(),
         "nearest-dataset": NearestDataset(),
         "global-best": GlobalBest(),
@@ -331,44 +513,103 @@ def default_methods() -> dict[str, _Selector]:
 # ------------------------------------------------------------------------------------------------ evaluation
 
 
-def _evaluate_fold(history: History, target: str, methods: dict[str, _Selector], ks) -> list[dict]:
+def _evaluate_fold(history: History, target: str, methods: dict[str, _Selector], ks) -> tuple[list[dict], list[dict]]:
+    from threadpoolctl import threadpool_limits
+
     truth = history.label_matrix()[target].dropna()
     if len(truth) < 2:  # one candidate's result (e.g. a model subset in a sweep): nothing to rank
-        return []
+        return [], []
     fold = history.without_runs(target)
-    rows = []
+    rows, score_rows = [], []
     for name, method in methods.items():
         start = time.perf_counter()
         if getattr(method, "exact_expectation", False):
             metrics = random_expectation(truth.to_numpy(), history.higher_is_better, ks)
+            gap = np.nan
         else:
-            est = clone(method).fit(fold)
-            scores = est.predict(target).reindex(truth.index)
+            with threadpool_limits(limits=1):  # BLAS sums in one order, whatever the machine's thread count
+                scores = clone(method).fit(fold).predict(target).reindex(truth.index)
             metrics = ranking_metrics(scores.to_numpy(), truth.to_numpy(), history.higher_is_better, ks)
-        rows.append({"method": name, "dataset": target, "n_models": len(truth), **metrics,
+            good = truth.to_numpy() if history.higher_is_better else -truth.to_numpy()
+            best = np.isclose(good, good.max(), rtol=0, atol=1e-12)
+            gap = float(scores.max() - scores.to_numpy()[best].max())  # the conformal shortlist's score
+            score_rows += [{"method": name, "dataset": target, "model": m, "score": float(v), "quality": float(q)}
+                           for m, v, q in zip(truth.index, scores.to_numpy(), truth.to_numpy())]
+        rows.append({"method": name, "dataset": target, "n_models": len(truth), **metrics, "best_gap": gap,
                      "seconds": time.perf_counter() - start})
-    return rows
+    return rows, score_rows
 
 
 def leave_one_dataset_out(history: History, methods: dict[str, _Selector] | None = None,
-                          targets: list[str] | None = None, ks=DEFAULT_KS, n_jobs: int = 1) -> pd.DataFrame:
+                          targets: list[str] | None = None, ks=DEFAULT_KS, n_jobs: int = 1,
+                          return_scores: bool = False):
     """Hold out each target dataset in turn; fit every method on the remaining runs; score its ranking.
 
-    Returns one row per (method, dataset) with every metric of :mod:`mc_bench.ranking`, ``n_models`` and
-    ``seconds`` (fit + predict time)."""
+    Returns one row per (method, dataset) with every metric of :mod:`mc_bench.ranking`, ``n_models``,
+    ``best_gap`` (how far below the top score the truly best model was scored: 0 when it was picked; the
+    nonconformity score of the conformal shortlist) and ``seconds`` (fit + predict time; the only column that
+    differs between runs). With ``return_scores``, also the scores: one row per (method, dataset, model) with
+    ``score`` and the true ``quality``."""
     methods = methods if methods is not None else default_methods()
     targets = targets if targets is not None else history.datasets
     unknown = [t for t in targets if t not in history.datasets]
     if unknown:
         raise ValueError(f"targets without runs in the history: {unknown}")
     folds = Parallel(n_jobs=n_jobs)(delayed(_evaluate_fold)(history, t, methods, ks) for t in targets)
-    return pd.DataFrame([row for fold in folds for row in fold])
+    metrics = pd.DataFrame([row for rows, _ in folds for row in rows])
+    if not return_scores:
+        return metrics
+    return metrics, pd.DataFrame([row for _, rows in folds for row in rows])
+
+
+# ------------------------------------------------------------------------------------------------ shortlist
+
+
+def shortlist_threshold(gaps, level: float = 0.9) -> float:
+    """Split-conformal threshold on the score gaps of calibration datasets (``best_gap`` of a leave-one-dataset-out):
+    the ``ceil((n + 1) * level)``-th smallest gap, ``inf`` when there are too few datasets for that level."""
+    gaps = np.sort(np.asarray([g for g in gaps if np.isfinite(g)], dtype=float))
+    k = int(np.ceil((len(gaps) + 1) * level))
+    return float(gaps[k - 1]) if 0 < k <= len(gaps) else np.inf
+
+
+def conformal_shortlist(scores: pd.Series, threshold: float) -> list[str]:
+    """The models scored within ``threshold`` of the top score, best first. With the threshold of
+    :func:`shortlist_threshold` it holds the best model with probability ≥ ``level`` when datasets are exchangeable
+    (split conformal prediction with the score gap of the best model as nonconformity score)."""
+    top = scores.max()
+    return list(scores[scores >= top - threshold - 1e-12].sort_values(ascending=False, kind="stable").index)
+
+
+def shortlist_coverage(lodo: pd.DataFrame, scores: pd.DataFrame, level: float = 0.9) -> pd.DataFrame:
+    """Empirical coverage and mean size of the conformal shortlist per method, leave-one-dataset-out: each held-out
+    dataset's shortlist is calibrated on the other held-out datasets' gaps, covers when its best model is inside,
+    and its size is the number of models scored within the threshold of the top."""
+    rows = []
+    for method, group in lodo.groupby("method", sort=False):
+        gaps = group.set_index("dataset")["best_gap"].astype(float)
+        if not np.isfinite(gaps).any():
+            continue
+        method_scores = scores[scores["method"] == method]
+        covered, sizes = [], []
+        for dataset, gap in gaps.items():
+            threshold = shortlist_threshold(gaps.drop(dataset), level)
+            s = method_scores.loc[method_scores["dataset"] == dataset, "score"].to_numpy()
+            covered.append(gap <= threshold + 1e-12)
+            sizes.append(int((s >= s.max() - threshold - 1e-12).sum()))
+        rows.append({"method": method, "shortlist_level": level, "shortlist_coverage": float(np.mean(covered)),
+                     "shortlist_size": float(np.mean(sizes)), "n_models": float(group["n_models"].mean())})
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------------------ ablations
 
 
 def ablations(history: History, targets: list[str] | None = None, base: MatchAndChoose | None = None,
               ratios=(0.25, 0.5, 0.75), seeds=(0, 1, 2), ks=DEFAULT_KS, n_jobs: int = 1) -> pd.DataFrame:
-    """M&C without graph embeddings, per embedding method, per ranker objective, without pairwise features,
-    and model-ratio / history-ratio sweeps (a fraction of the models, or of the training datasets, kept).
+    """M&C without graph embeddings, per embedding method, per ranker objective, without collaborative features or
+    prior, with a fixed number of rounds, and model-ratio / history-ratio sweeps (a fraction of the models, or of
+    the training datasets, kept).
 
     Returns LODO rows with the columns ``ablation`` and ``value`` added."""
     base = base if base is not None else MatchAndChoose()
@@ -376,12 +617,15 @@ def ablations(history: History, targets: list[str] | None = None, base: MatchAnd
     variants = {
         ("default", "-"): base,
         ("embedding", "none"): clone(base).set_params(embedding=None),
-        ("embedding", "node2vec"): clone(base).set_params(embedding=Node2Vec()),
         ("embedding", "spectral"): clone(base).set_params(embedding=SpectralGraphEmbedding()),
+        ("embedding", "node2vec"): clone(base).set_params(embedding=Node2Vec()),
         ("embedding coordinates", "on"): clone(base).set_params(embedding_coordinates=True),
         ("objective", "lambdarank"): clone(base).set_params(objective="lambdarank"),
-        ("objective", "regression"): clone(base).set_params(objective="regression"),
-        ("pairwise features", "on"): clone(base).set_params(neighbour_features=True),
+        ("collaborative features", "off"): clone(base).set_params(collaborative=False),
+        ("prior", "none"): clone(base).set_params(prior="none"),
+        ("prior", "global"): clone(base).set_params(prior="global"),
+        ("boosting rounds", "0 (prior only)"): clone(base).set_params(n_estimators=0),
+        ("boosting rounds", "300 (no inner choice)"): clone(base).set_params(n_estimators=300),
     }
     frames = []
     for (ablation, value), method in variants.items():

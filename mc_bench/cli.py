@@ -122,50 +122,141 @@ def validate(args) -> int:
 # ----------------------------------------------------------------------------------------------- choose
 
 
-def choose_cmd(args) -> int:
-    """Rank the candidate models for a dataset, from a fine-tuning history."""
-    from .choose import MatchAndChoose
+def _selection_history(path: str, transfergraph: bool):
+    """A history folder (history.yaml), a study folder (its history/), or a TransferGraph task folder."""
     from .errors import HistoryError
     from .history import from_transfergraph, load_history
 
-    history = from_transfergraph(args.history) if args.transfergraph else load_history(args.history)
+    folder = Path(path)
+    if transfergraph:
+        return from_transfergraph(folder)
+    if (folder / "history.yaml").is_file():
+        return load_history(folder)
+    if (folder / "history" / "history.yaml").is_file():
+        return load_history(folder / "history")
+    raise HistoryError(folder, "not a history folder (no history.yaml) nor a study folder (no history/history.yaml)",
+                       "pass a history folder, a study folder such as results/cpu-paper, or --transfergraph FOLDER")
+
+
+def _images_as_new_dataset(history, images_arg: str, manifests_dir):
+    """Profile an image folder (or a manifest dataset) the way the history's datasets were profiled; returns the
+    history with the new dataset added, its id, and the seconds spent profiling."""
+    from .errors import HistoryError
+    from .profile import profile_new_dataset, read_profiles
+
+    if history.profiles is None:
+        raise HistoryError(history.source, "the history records no dataset profiles, so a new image folder cannot be "
+                           "compared with its datasets", "use a study folder (results/<profile>) or a history written "
+                           "by mc-bench run, whose history.yaml names its profiles folder")
+    profiles = read_profiles(history.profiles)
+    start = time.perf_counter()
+    folder = Path(images_arg)
+    if folder.is_dir():
+        from .data import read_image_folder
+
+        images, captions = read_image_folder(folder)
+        dataset = f"new:{folder.resolve().name}"
+    else:
+        from .finetune import load_dataset_split
+
+        images, captions = load_dataset_split(load_manifests(manifests_dir), images_arg, "train")
+        dataset = images_arg
+    if dataset in history.datasets:  # a dataset of the history: recommend as if it were new
+        history = history.without_runs(dataset)
+    backbone = profiles.meta.get("backbone")
+    from .zoo import CLIP_DIR
+
+    features, similarity = profile_new_dataset(profiles, images, captions, None if backbone == CLIP_DIR else backbone)
+    if dataset not in history.dataset_features.index:
+        sim = history.dataset_similarity()
+        history = history.with_dataset(dataset, {k: v for k, v in features.items() if k in history.dataset_features},
+                                       similarity.reindex(sim.index).to_dict() if sim is not None else None)
+    return history, dataset, len(images), time.perf_counter() - start
+
+
+def _shortlist_threshold(history, history_arg: str, level: float, method) -> tuple[float, str]:
+    """The conformal threshold from the study's leave-one-dataset-out (selection/lodo.csv), else computed now."""
+    import pandas as pd
+
+    from .choose import leave_one_dataset_out, shortlist_threshold
+
+    lodo_path = Path(history_arg) / "selection" / "lodo.csv"
+    if lodo_path.is_file():
+        lodo = pd.read_csv(lodo_path)
+        gaps = lodo.loc[lodo["method"] == "M&C", "best_gap"] if "best_gap" in lodo else pd.Series(dtype=float)
+        if gaps.notna().any():
+            return shortlist_threshold(gaps, level), f"calibrated on {int(gaps.notna().sum())} held-out datasets of {lodo_path}"
+    lodo = leave_one_dataset_out(history, {"M&C": method}, n_jobs=2)
+    return (shortlist_threshold(lodo["best_gap"], level),
+            f"calibrated now on {len(lodo)} held-out datasets (leave-one-dataset-out)")
+
+
+def choose_cmd(args) -> int:
+    """Rank the candidate models for a dataset, from a fine-tuning history."""
+    from .choose import MatchAndChoose, conformal_shortlist
+    from .errors import HistoryError
+
+    start = time.perf_counter()
+    history = _selection_history(args.history, args.transfergraph)
     dataset = args.dataset
+    n_images = None
+    if sum(x is not None for x in (args.dataset, args.new_dataset, args.images)) != 1:
+        raise HistoryError(args.history, "give exactly one of --dataset, --new-dataset and --images",
+                           "pass --dataset ID, --new-dataset FILE.json or --images FOLDER")
     if args.new_dataset:
         try:
             spec = json.loads(Path(args.new_dataset).read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise HistoryError(args.new_dataset, f"cannot read the new dataset ({err})",
                                'write a JSON file {"id": ..., "features": {...}, "similarity": {...}}') from None
-        dataset = spec.get("id", dataset)
+        dataset = spec.get("id")
         if not dataset:
             raise HistoryError(args.new_dataset, "the new dataset has no `id`", 'write {"id": ..., "features": {...}}')
         history = history.with_dataset(dataset, spec.get("features", {}), spec.get("similarity"))
-    if dataset is None:
-        raise HistoryError(args.history, "no dataset given", "pass --dataset ID or --new-dataset FILE.json")
+    held_out = dataset in history.datasets if dataset else False
+    if args.images:
+        held_out = args.images in history.datasets
+        history, dataset, n_images, profile_seconds = _images_as_new_dataset(history, args.images, args.manifests)
     sim = history.dataset_similarity()
     known = set(history.dataset_features.index) | set(sim.index if sim is not None else [])
     if dataset not in known:
         raise HistoryError(args.history, f"unknown dataset {dataset!r}",
-                           "pass a dataset of the history, or describe a new one with --new-dataset FILE.json")
-    held_out = dataset in history.datasets
-    if held_out:  # recommend as if it were new: none of its own results may be used
+                           "pass a dataset of the history, describe a new one with --new-dataset FILE.json, "
+                           "or profile an image folder with --images FOLDER")
+    if held_out and not args.images:  # recommend as if it were new: none of its own results may be used
         history = history.without_runs(dataset)
-    ranked = MatchAndChoose(random_state=args.seed).fit(history).rank(dataset).head(args.top)
+    method = MatchAndChoose(random_state=args.seed)
+    scores = method.fit(history).predict(dataset)
+    ranked = method.rank(dataset)
+    threshold, calibration = (None, "")
+    if args.level:
+        threshold, calibration = _shortlist_threshold(history, args.history, args.level, MatchAndChoose(random_state=args.seed))
+    shortlist = conformal_shortlist(scores, threshold) if threshold is not None else []
     nearest = (sim.loc[dataset].drop(dataset).loc[lambda s: s.index.isin(history.datasets)]
                .sort_values(ascending=False).head(5)) if sim is not None and dataset in sim.index else None
+    seconds = time.perf_counter() - start
     if args.json:
-        print(json.dumps({"dataset": dataset, "held_out": held_out,
-                          "ranking": ranked.to_dict(orient="records"),
+        print(json.dumps({"dataset": dataset, "held_out": held_out, "n_images": n_images,
+                          "ranking": ranked.head(args.top).to_dict(orient="records"),
+                          "shortlist": {"level": args.level, "models": shortlist, "threshold": threshold,
+                                        "calibration": calibration} if args.level else None,
                           "nearest_datasets": [] if nearest is None else
-                          [{"dataset": d, "similarity": float(v)} for d, v in nearest.items()]}, indent=1))
+                          [{"dataset": d, "similarity": float(v)} for d, v in nearest.items()],
+                          "seconds": round(seconds, 2)}, indent=1))
         return 0
     note = " (its own runs were held out)" if held_out else ""
-    print(f"Match & Choose for {dataset}{note}: {len(history.models)} candidates, "
+    what = f" ({n_images} images profiled)" if n_images else ""
+    print(f"Match & Choose for {dataset}{what}{note}: {len(history.models)} candidates, "
           f"learned from {len(history.datasets)} datasets\n")
-    _print_table([{"rank": r["rank"], "model": r["model"], "score": f"{r['score']:.4f}"}
-                  for r in ranked.to_dict(orient="records")], ["rank", "model", "score"])
+    _print_table([{"rank": r["rank"], "model": r["model"], "score": f"{r['score']:.4f}",
+                   "shortlist": "yes" if r["model"] in shortlist else ""}
+                  for r in ranked.head(args.top).to_dict(orient="records")],
+                 ["rank", "model", "score"] + (["shortlist"] if args.level else []))
+    if args.level:
+        print(f"\nshortlist ({100 * args.level:.0f} % conformal, {calibration}): {', '.join(shortlist)}")
     if nearest is not None:
-        print("\nnearest known datasets: " + ", ".join(f"{d} ({v:.3f})" for d, v in nearest.items()))
+        print("nearest known datasets: " + ", ".join(f"{d} ({v:.3f})" for d, v in nearest.items()))
+    print(f"{seconds:.1f} s")
     return 0
 
 
@@ -265,10 +356,13 @@ def run_cmd(args) -> int:
 
     summary = run_study(args.profile, args.out, manifests=args.manifests, scheduler=args.scheduler,
                         workers=args.workers, retry_failed=args.retry_failed, weights=args.weights,
-                        ablations=not args.no_ablations)
+                        ablations=not args.no_ablations, grid_only=args.grid_only)
     study = Path(args.out) if args.out else REPO_ROOT / "results" / args.profile
     print(f"\n{summary['done']}/{summary['cells']} cells done, {summary['failed']} failed; "
           f"{summary['total_seconds']:.0f} s (grid {summary['grid_seconds']:.0f} s)")
+    if args.grid_only:
+        print(f"grid only: metrics in {study / 'metrics.csv'} and {study / 'performance.csv'}")
+        return 0 if summary["failed"] == 0 else 1
     if summary.get("kernel_startup_share") is not None:
         print(f"kernel start-up: {100 * summary['kernel_startup_share']:.1f} % of the grid's notebook time "
               f"(imports in the first cell: {100 * summary['imports_share']:.1f} %)")
@@ -314,10 +408,16 @@ def build_parser() -> argparse.ArgumentParser:
     val.set_defaults(func=validate)
 
     ch = sub.add_parser("choose", help="rank candidate models for a dataset from a fine-tuning history")
-    ch.add_argument("history", help="a history folder (history.yaml), or TransferGraph records with --transfergraph")
+    ch.add_argument("history", help="a history folder (history.yaml), a study folder (results/<profile>), or "
+                                    "TransferGraph records with --transfergraph")
     ch.add_argument("--transfergraph", action="store_true", help="HISTORY is in TransferGraph's public format")
     ch.add_argument("--dataset", help="a dataset of the history (its own runs are held out)")
     ch.add_argument("--new-dataset", help='JSON file: {"id": ..., "features": {...}, "similarity": {...}}')
+    ch.add_argument("--images", help="an image folder (metadata.jsonl with file_name and text) or a datasets.yaml id: "
+                                     "profiled like the history's datasets")
+    ch.add_argument("--level", type=float, default=0.9,
+                    help="conformal shortlist level (0 for none): the smallest set that holds the best model with "
+                         "this probability")
     ch.add_argument("--top", type=int, default=10)
     ch.add_argument("--seed", type=int, default=0)
     ch.add_argument("--json", action="store_true")
@@ -352,6 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
     ru.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes (one thread each)")
     ru.add_argument("--retry-failed", action="store_true", help="run failed cells again")
     ru.add_argument("--no-ablations", action="store_true", help="skip the ablations in 05_choose")
+    ru.add_argument("--grid-only", action="store_true",
+                    help="run the grid and collect its metrics, without the profile/graph/choose/report notebooks")
     ru.add_argument("--weights", default=None, help="weights folder for the metrics (default: $MC_BENCH_WEIGHTS)")
     ru.set_defaults(func=run_cmd)
 

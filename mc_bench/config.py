@@ -51,7 +51,9 @@ class DatasetSpec(_Strict):
     id: str = Field(pattern=ID_PATTERN)
     source: str
     revision: str | None = None
-    role: Literal["source", "target"] = "target"
+    # source: pretrains the zoo; target: fine-tuned on and reported; validation: fine-tuned on like a target, used
+    # only to choose the selection engine's defaults, never reported as a result
+    role: Literal["source", "target", "validation"] = "target"
     domain: str
     params: dict[str, Any] = Field(default_factory=dict)
     image_column: str = "image"

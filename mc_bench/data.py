@@ -140,6 +140,41 @@ def read_split(folder: Path, split: str, caption_column: str = "text") -> tuple[
     return np.stack(images), captions
 
 
+def read_image_folder(folder: str | Path, caption_column: str = "text") -> tuple[list[np.ndarray], list[str]]:
+    """A new dataset a user points at: ``folder/metadata.jsonl`` (or ``folder/train/metadata.jsonl``) with
+    ``file_name`` and a caption per row. Images of any size and mode, returned as RGB ``uint8`` arrays. Every row is
+    checked first; a problem is one :class:`ManifestError` naming the file and row."""
+    folder = Path(folder)
+    split_dir = folder if (folder / "metadata.jsonl").is_file() else folder / "train"
+    meta = split_dir / "metadata.jsonl"
+    if not meta.is_file():
+        raise ManifestError(folder, "no metadata.jsonl (looked in the folder and in train/)",
+                            'write one JSON object per image, {"file_name": ..., "text": <caption>}, into metadata.jsonl')
+    rows = _read_metadata(meta)
+    if not rows:
+        raise ManifestError(meta, "no rows", "list the folder's images in metadata.jsonl")
+    images, captions = [], []
+    root = split_dir.resolve()
+    for line_no, row in rows:
+        where = f"{meta}, row {line_no}"
+        name, caption = row.get("file_name"), row.get(caption_column)
+        if not isinstance(name, str) or not name:
+            raise ManifestError(where, "`file_name` is missing", "give every row the image's file name")
+        target = (split_dir / name).resolve()
+        if not target.is_relative_to(root) or not target.is_file():
+            raise ManifestError(where, f"image {name!r} is missing or outside the folder", f"add {split_dir / name}")
+        if not isinstance(caption, str) or not caption.strip():
+            raise ManifestError(where, f"empty caption in column {caption_column!r}", "write a caption for the image")
+        try:
+            with Image.open(target) as im:
+                images.append(np.asarray(im.convert("RGB")))
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+            raise ManifestError(where, f"image {name} is corrupt or truncated ({err})",
+                                "re-export the image or remove its row from metadata.jsonl") from None
+        captions.append(caption)
+    return images, captions
+
+
 def load_hf_dataset(manifests: Manifests, spec: DatasetSpec):
     """A ``datasets.DatasetDict`` for any source: local folders through the ``imagefolder`` builder, hub ids
     through ``datasets.load_dataset(id, revision=...)``. Columns are renamed to ``image`` and ``text``."""

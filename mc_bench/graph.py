@@ -18,10 +18,12 @@ The graph is built from a :class:`~mc_bench.history.History` as it is: a dataset
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import networkx as nx
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 from sklearn.base import BaseEstimator
 
 from .history import History
@@ -35,40 +37,106 @@ def dataset_node(dataset: str) -> str:
     return f"dataset:{dataset}"
 
 
+@dataclass(frozen=True)
+class SparseGraph:
+    """The matching graph as graph embeddings consume it: node names and a symmetric weighted adjacency (scipy CSR),
+    built without networkx (fast for thousands of models). ``kind`` holds each node's kind (model / dataset)."""
+
+    nodes: list[str]
+    adjacency: sp.csr_matrix
+
+    @classmethod
+    def from_networkx(cls, graph: nx.Graph) -> "SparseGraph":
+        nodes = list(graph.nodes)
+        adjacency = nx.to_scipy_sparse_array(graph, nodelist=nodes, weight="weight", format="csr")
+        return cls(nodes, sp.csr_matrix(adjacency))
+
+
+def _matching_edge_index(history: History, edge_threshold: float, data_knn: int | None,
+                         data_threshold: float | None):
+    """Nodes ``(name, kind)`` and edges as integer arrays ``(u, v, weight, kind)`` into the node list."""
+    sim = history.dataset_similarity()
+    models = list(history.model_features.index)
+    dataset_ids = list(dict.fromkeys([*history.dataset_features.index, *(sim.index if sim is not None else [])]))
+    nodes = [(model_node(m), "model") for m in models] + [(dataset_node(d), "dataset") for d in dataset_ids]
+    model_pos = {m: i for i, m in enumerate(models)}
+    data_pos = {d: len(models) + j for j, d in enumerate(dataset_ids)}
+    norm = history.normalised()
+    values = norm.to_numpy(dtype=float)
+    rows, cols = np.nonzero(np.nan_to_num(values, nan=-1.0) > edge_threshold)
+    row_nodes = np.array([model_pos[m] for m in norm.index], dtype=np.int64)
+    col_nodes = np.array([data_pos[d] for d in norm.columns], dtype=np.int64)
+    us, vs, ws, kinds = [row_nodes[rows]], [col_nodes[cols]], [values[rows, cols]], [np.zeros(len(rows), np.int8)]
+    performance = set(zip(us[0].tolist(), vs[0].tolist()))
+    pretrain = [(model_pos[m], data_pos[d]) for m, ds in history.pretrain.items() for d in ds
+                if m in model_pos and d in data_pos and (model_pos[m], data_pos[d]) not in performance]
+    if pretrain:
+        us.append(np.array([u for u, _ in pretrain], np.int64))
+        vs.append(np.array([v for _, v in pretrain], np.int64))
+        ws.append(np.ones(len(pretrain)))
+        kinds.append(np.ones(len(pretrain), np.int8))
+    if sim is not None:
+        s = sim.to_numpy(dtype=float).copy()
+        np.fill_diagonal(s, -np.inf)
+        ids = [data_pos[d] for d in sim.index]
+        pairs: dict[tuple[int, int], float] = {}
+        for i in range(len(ids)):
+            if data_threshold is not None:
+                neighbours = np.flatnonzero(s[i] > data_threshold)
+            else:
+                neighbours = np.argsort(-s[i], kind="stable")[: data_knn or 0]
+            for j in neighbours:
+                pairs.setdefault((min(i, j), max(i, j)), float(s[i, j]))
+        if pairs:
+            us.append(np.array([ids[a] for a, _ in pairs], np.int64))
+            vs.append(np.array([ids[b] for _, b in pairs], np.int64))
+            ws.append(np.array(list(pairs.values())))
+            kinds.append(np.full(len(pairs), 2, np.int8))
+    return nodes, np.concatenate(us), np.concatenate(vs), np.concatenate(ws), np.concatenate(kinds)
+
+
+EDGE_KINDS = ("performance", "pretrain", "similarity")
+
+
+def matching_edges(history: History, edge_threshold: float = 0.5, data_knn: int | None = 5,
+                   data_threshold: float | None = None) -> tuple[list[tuple[str, str]], pd.DataFrame]:
+    """The matching graph's nodes ``(name, kind)`` and edges (``u, v, weight, kind``): the one definition that both
+    :func:`build_matching_graph` and :func:`matching_sparse_graph` use (see the module docstring)."""
+    nodes, u, v, w, kind = _matching_edge_index(history, edge_threshold, data_knn, data_threshold)
+    names = [n for n, _ in nodes]
+    return nodes, pd.DataFrame({"u": [names[i] for i in u], "v": [names[i] for i in v], "weight": w,
+                                "kind": [EDGE_KINDS[k] for k in kind]})
+
+
 def build_matching_graph(history: History, edge_threshold: float = 0.5, data_knn: int | None = 5,
                          data_threshold: float | None = None) -> nx.Graph:
-    """The matching graph of a history (see the module docstring)."""
+    """The matching graph of a history as a networkx graph, with node features as ``f_*`` attributes (see the
+    module docstring)."""
+    nodes, edges = matching_edges(history, edge_threshold, data_knn, data_threshold)
     graph = nx.Graph()
-    for model, feats in history.model_features.iterrows():
-        graph.add_node(model_node(model), kind="model", id=model, **_plain(feats))
-    sim = history.dataset_similarity()
-    dataset_ids = list(dict.fromkeys([*history.dataset_features.index, *(sim.index if sim is not None else [])]))
-    for dataset in dataset_ids:
-        feats = history.dataset_features.loc[dataset] if dataset in history.dataset_features.index else pd.Series()
-        graph.add_node(dataset_node(dataset), kind="dataset", id=dataset, **_plain(feats))
-
-    norm = history.normalised()
-    for dataset in norm.columns:
-        col = norm[dataset].dropna()
-        for model, value in col[col > edge_threshold].items():
-            graph.add_edge(model_node(model), dataset_node(dataset), weight=float(value), kind="performance")
-    for model, pretrain_sets in history.pretrain.items():
-        for dataset in pretrain_sets:
-            if not graph.has_edge(model_node(model), dataset_node(dataset)):
-                graph.add_edge(model_node(model), dataset_node(dataset), weight=1.0, kind="pretrain")
-
-    if sim is not None:
-        values = sim.to_numpy(dtype=float).copy()
-        np.fill_diagonal(values, -np.inf)
-        ids = list(sim.index)
-        for i, a in enumerate(ids):
-            if data_threshold is not None:
-                neighbours = np.flatnonzero(values[i] > data_threshold)
-            else:
-                neighbours = np.argsort(-values[i], kind="stable")[: data_knn or 0]
-            for j in neighbours:
-                graph.add_edge(dataset_node(a), dataset_node(ids[j]), weight=float(values[i, j]), kind="similarity")
+    for name, kind in nodes:
+        ident = name.split(":", 1)[1]
+        table = history.model_features if kind == "model" else history.dataset_features
+        feats = table.loc[ident] if ident in table.index else pd.Series(dtype=float)
+        graph.add_node(name, kind=kind, id=ident, **_plain(feats))
+    for u, v, w, kind in edges.itertuples(index=False):
+        graph.add_edge(u, v, weight=float(w), kind=kind)
     return graph
+
+
+def matching_sparse_graph(history: History, edge_threshold: float = 0.5, data_knn: int | None = 5,
+                          data_threshold: float | None = None) -> SparseGraph:
+    """The same graph as :func:`build_matching_graph`, as a :class:`SparseGraph` (no networkx objects)."""
+    nodes, u, v, w, _ = _matching_edge_index(history, edge_threshold, data_knn, data_threshold)
+    n = len(nodes)
+    adjacency = sp.coo_matrix((np.concatenate([w, w]), (np.concatenate([u, v]), np.concatenate([v, u]))),
+                              shape=(n, n)).tocsr()
+    adjacency.sum_duplicates()
+    return SparseGraph([name for name, _ in nodes], adjacency)
+
+
+def _as_sparse(graph) -> SparseGraph:
+    return graph if isinstance(graph, SparseGraph) else SparseGraph.from_networkx(graph)
 
 
 def _plain(feats: pd.Series) -> dict:
@@ -81,22 +149,17 @@ def _plain(feats: pd.Series) -> dict:
 class _CSR:
     """A weighted graph in compressed sparse row form, for vectorised random walks."""
 
-    def __init__(self, graph: nx.Graph):
+    def __init__(self, graph):
+        graph = _as_sparse(graph)
         self.nodes = list(graph.nodes)
-        index = {n: i for i, n in enumerate(self.nodes)}
+        adjacency = sp.csr_matrix(graph.adjacency)
+        adjacency.sort_indices()
         n = len(self.nodes)
-        rows, cols, weights = [], [], []
-        for u, v, w in graph.edges(data="weight", default=1.0):
-            for a, b in ((index[u], index[v]), (index[v], index[u])):
-                rows.append(a)
-                cols.append(b)
-                weights.append(w)
-        rows, cols, weights = np.array(rows, np.int64), np.array(cols, np.int64), np.array(weights, float)
-        order = np.lexsort((cols, rows))
-        self.cols, weights = cols[order], weights[order]
-        self.indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))])
-        self.cum = np.cumsum(weights)
-        self.keys = rows[order] * n + self.cols  # sorted edge keys for membership tests
+        self.cols = adjacency.indices.astype(np.int64)
+        self.indptr = adjacency.indptr.astype(np.int64)
+        self.cum = np.cumsum(adjacency.data.astype(float))
+        rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(self.indptr))
+        self.keys = rows * n + self.cols  # sorted edge keys for membership tests
         self.n = n
 
     def sample_neighbours(self, nodes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -133,7 +196,8 @@ class Node2Vec(BaseEstimator):
         self.negative = negative
         self.seed = seed
 
-    def walks(self, graph: nx.Graph) -> list[list[str]]:
+    def walks(self, graph) -> list[list[str]]:
+        """Node names of ``num_walks`` walks from every node (a networkx graph or a :class:`SparseGraph`)."""
         csr = _CSR(graph)
         rng = np.random.default_rng(self.seed)
         has_edges = np.diff(csr.indptr) > 0
@@ -163,7 +227,7 @@ class Node2Vec(BaseEstimator):
         names = np.array(csr.nodes, dtype=object)
         return [list(names[row[row >= 0]]) for row in paths]
 
-    def fit(self, graph: nx.Graph) -> "Node2Vec":
+    def fit(self, graph) -> "Node2Vec":
         from gensim.models import Word2Vec
 
         walks = self.walks(graph)
@@ -176,23 +240,25 @@ class Node2Vec(BaseEstimator):
 
 
 class SpectralGraphEmbedding(BaseEstimator):
-    """Laplacian eigenmaps of the weighted matching graph (scikit-learn ``SpectralEmbedding``)."""
+    """Laplacian eigenmaps of the weighted matching graph (scikit-learn's ``spectral_embedding``: eigenvectors of
+    the normalised Laplacian, ARPACK with a seeded start vector, signs fixed). A closed form, so the same graph
+    gives the same embedding up to rounding on any machine — unlike a skip-gram trained by float32 SGD."""
 
     def __init__(self, dimensions: int = 16, seed: int = 0):
         self.dimensions = dimensions
         self.seed = seed
 
-    def fit(self, graph: nx.Graph) -> "SpectralGraphEmbedding":
-        from sklearn.manifold import SpectralEmbedding
+    def fit(self, graph) -> "SpectralGraphEmbedding":
+        from sklearn.manifold import spectral_embedding
 
-        nodes = list(graph.nodes)
-        adjacency = nx.to_scipy_sparse_array(graph, nodelist=nodes, weight="weight", format="csr")
+        graph = _as_sparse(graph)
+        adjacency = sp.csr_matrix(graph.adjacency, dtype=float)
         adjacency.indices = adjacency.indices.astype(np.int32)  # scikit-learn accepts 32-bit indices only
         adjacency.indptr = adjacency.indptr.astype(np.int32)
-        dims = min(self.dimensions, len(nodes) - 2)
+        dims = min(self.dimensions, len(graph.nodes) - 2)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "graph is not fully connected": isolated nodes get their own axis
-            x = SpectralEmbedding(n_components=dims, affinity="precomputed", random_state=self.seed,
-                                  eigen_solver="arpack").fit_transform(adjacency)
-        self.embeddings_ = pd.DataFrame(x, index=nodes, columns=[f"e{i}" for i in range(dims)])
+            x = spectral_embedding(adjacency, n_components=dims, eigen_solver="arpack", random_state=self.seed,
+                                   drop_first=False)
+        self.embeddings_ = pd.DataFrame(x, index=list(graph.nodes), columns=[f"e{i}" for i in range(dims)])
         return self

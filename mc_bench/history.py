@@ -26,6 +26,7 @@ Schema (CSV or Parquet; one folder, described by ``history.yaml``):
     model_features: models.csv
     dataset_features: datasets.csv
     similarity: {file: similarity.csv, kind: distance}   # optional
+    profiles: ../profiles      # optional: the mc_bench.profile folder that made the features (choose --images)
 
 Every problem is one :class:`~mc_bench.errors.HistoryError` naming the table and the fix.
 """
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import ast
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -68,6 +70,7 @@ class History:
     similarity: pd.DataFrame | None = None  # dataset × dataset, larger = closer, in [0, 1]
     pretrain: dict[str, tuple[str, ...]] = field(default_factory=dict)  # model -> pretraining dataset ids
     source: str = "tables"
+    profiles: Path | None = None  # the mc_bench.profile folder the dataset features came from, when known
 
     # ------------------------------------------------------------------------------------------ building
 
@@ -167,18 +170,32 @@ class History:
 
     def label_matrix(self) -> pd.DataFrame:
         """The label as a model × dataset matrix (NaN where a pair was not run)."""
-        return self.runs.pivot(index="model", columns="dataset", values=self.label).reindex(index=self.models)
+        return self._label_matrix.copy()
 
     def normalised(self) -> pd.DataFrame:
         """Label min–max normalised within each dataset, direction-aware: 1 = best model, 0 = worst."""
-        q = self.label_matrix()
+        return self._normalised.copy()
+
+    def dataset_similarity(self) -> pd.DataFrame | None:
+        """Dataset × dataset similarity in [0, 1] for every dataset with features (given matrix, else cosine)."""
+        sim = self._dataset_similarity
+        return None if sim is None else sim.copy()
+
+    # computed once per History (it is immutable; the public methods return copies)
+    @cached_property
+    def _label_matrix(self) -> pd.DataFrame:
+        return self.runs.pivot(index="model", columns="dataset", values=self.label).reindex(index=self.models)
+
+    @cached_property
+    def _normalised(self) -> pd.DataFrame:
+        q = self._label_matrix
         lo, hi = q.min(axis=0), q.max(axis=0)
         span = (hi - lo).replace(0, np.nan)
         norm = (q - lo) / span if self.higher_is_better else (hi - q) / span
         return norm.mask(q.notna() & norm.isna(), 1.0)  # a dataset where all models tie: every model is best
 
-    def dataset_similarity(self) -> pd.DataFrame | None:
-        """Dataset × dataset similarity in [0, 1] for every dataset with features (given matrix, else cosine)."""
+    @cached_property
+    def _dataset_similarity(self) -> pd.DataFrame | None:
         if self.similarity is not None:
             return self.similarity
         emb = self.dataset_features[[c for c in self.dataset_features.columns if c.startswith("emb_")]]
@@ -306,7 +323,7 @@ def load_history(folder: str | Path) -> History:
         sim = read_table(folder / sim_spec["file"])
         sim = sim.set_index(sim.columns[0])
         kind = sim_spec.get("kind", "similarity")
-    return History.from_tables(
+    history = History.from_tables(
         runs=read_table(folder / spec.get("runs", "runs.csv")),
         quality=spec.get("quality") or {},
         label=spec.get("label"),
@@ -316,43 +333,126 @@ def load_history(folder: str | Path) -> History:
         similarity_kind=kind,
         source=str(folder),
     )
+    return replace(history, profiles=(folder / spec["profiles"]).resolve()) if spec.get("profiles") else history
 
 
-TRANSFERGRAPH_TARGETS = ("stanfordcars", "svhn", "caltech101", "pets", "cifar100", "flowers",
-                         "smallnorb_label_elevation", "dtd")
+def _require_columns(table: pd.DataFrame, columns: list[str], path: Path) -> None:
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise HistoryError(path, f"column {missing[0]!r} is missing (columns: {list(table.columns)[:12]})",
+                           "use TransferGraph's unchanged export, which has it")
 
 
-def from_transfergraph(folder: str | Path) -> History:
-    """Import TransferGraph's public image-classification records unchanged (folder layout of
-    ``../shared/external/transfergraph/image_classification``)."""
+def _transfergraph_table(path: Path) -> pd.DataFrame:
+    table = read_table(path)
+    return table.drop(columns=[c for c in table.columns if str(c).startswith("Unnamed:") or c == ""])
+
+
+def _first_architecture(value):
+    """``"['ViTForImageClassification']"`` (image task) or ``"BertForSequenceClassification"`` (text task)."""
+    if isinstance(value, str) and value.startswith("["):
+        try:
+            parsed = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            return value
+        return parsed[0] if parsed else np.nan
+    return value
+
+
+def transfergraph_similarity_file(folder: str | Path, backbone: str | None = None) -> Path:
+    """The ``corr_domain_similarity_<backbone>.csv`` of a TransferGraph task folder (the first in name order when
+    several backbones are present and none is asked for)."""
     folder = Path(folder)
-    records = read_table(folder / "records.csv")
-    runs = records.rename(columns={"finetuned_dataset": "dataset"})[["model", "dataset", "eval_accuracy"]]
-    config = read_table(folder / "model_config_dataset.csv")
-    # A model's pretraining dataset: the `dataset` column, or — for models fine-tuned on ad-hoc Hugging Face
-    # picture sets ("hfpics") — its label list, which is how TransferGraph names those datasets.
-    pretrain = np.where(config["dataset"] == "hfpics", config["labels"], config["dataset"])
-    mf = pd.DataFrame({
-        "model": config["model"],
-        "input_shape": config["input_shape"],
-        "output_shape": config["output_shape"],
-        "n_labels": config["#labels"],
-        "pretrain_accuracy": config["accuracy"],
-        "log_parameters": np.log10(config["number_of_parameters"].clip(lower=1)),
-        "memory_consumption": config["memory_consumption"],
-        "model_type": config["model_type"],
-        "architecture": config["architectures"].map(lambda s: ast.literal_eval(s)[0] if isinstance(s, str) else s),
-        "pretrain_dataset": pretrain,
-    })
-    mf = mf[mf["model"].isin(set(runs["model"]))]
-    dist = read_table(next(folder.glob("corr_domain_similarity_*.csv")))
+    files = sorted(folder.glob("corr_domain_similarity_*.csv"))
+    if backbone is not None:
+        files = [f for f in files if backbone in f.name]
+    if not files:
+        raise HistoryError(folder / "corr_domain_similarity_<backbone>.csv",
+                           "no dataset distance matrix" + (f" for backbone {backbone!r}" if backbone else ""),
+                           "copy TransferGraph's corr_domain_similarity_*.csv of this task into the folder")
+    return files[0]
+
+
+def transfergraph_targets(folder: str | Path) -> list[str]:
+    """The target datasets of TransferGraph's published tables (``published_results/*_correlation.csv`` header,
+    without ``average``); empty when the folder has no published results."""
+    files = sorted((Path(folder) / "published_results").glob("*_correlation.csv"))
+    if not files:
+        return []
+    header = pd.read_csv(files[0], index_col=0, nrows=0).columns
+    return [c for c in header if c != "average"]
+
+
+def from_transfergraph(folder: str | Path, similarity: str | None = None, peft: str | None = None) -> History:
+    """Import a TransferGraph task folder unchanged: image classification (``../shared/external/transfergraph/
+    image_classification``) or sequence classification (their ``resources/experiments/sequence_classification``).
+
+    Required: ``records.csv`` with ``model``, ``finetuned_dataset`` and ``eval_accuracy`` (the label), and a
+    ``corr_domain_similarity_*.csv`` distance matrix (``similarity`` picks a backbone by name when there are
+    several). Optional: ``model_config_dataset.csv`` (model features: whichever of ``input_shape``,
+    ``output_shape``, ``#labels`` / ``number_of_labels``, ``accuracy``, ``number_of_parameters``,
+    ``memory_consumption``, ``model_type``, ``architectures`` it has; ``dataset`` — with ``labels`` for ad-hoc
+    ``hfpics`` sets — names the pretraining dataset) and ``target_dataset_features.csv`` (``size``,
+    ``number_of_classes``). Records of parameter-efficient runs (``peft_method``) are left out unless ``peft``
+    names the method to keep; repeated runs of a pair are averaged. Datasets with runs but no row in the distance
+    matrix are left out with a warning. A missing required column is a :class:`HistoryError` naming the file."""
+    import warnings
+
+    folder = Path(folder)
+    records_path = folder / "records.csv"
+    records = _transfergraph_table(records_path)
+    _require_columns(records, ["model", "finetuned_dataset", "eval_accuracy"], records_path)
+    if "peft_method" in records.columns:
+        method = records["peft_method"].fillna("").astype(str).str.strip()
+        records = records[method == (peft or "")]
+    runs = records.rename(columns={"finetuned_dataset": "dataset"})[["model", "dataset", "eval_accuracy"]].copy()
+    runs["seed"] = runs.groupby(["model", "dataset"]).cumcount()  # repeated runs of a pair are averaged
+
+    dist_path = transfergraph_similarity_file(folder, similarity)
+    dist = read_table(dist_path)
     dist = dist.set_index(dist.columns[0])
-    # Pretraining datasets absent from the distance matrix (a few Hugging Face picture sets) get no link.
-    mf["pretrain_dataset"] = mf["pretrain_dataset"].where(mf["pretrain_dataset"].isin(set(dist.index)))
-    feats = read_table(folder / "target_dataset_features.csv").rename(columns={"finetune_dataset": "dataset"})
-    feats["log_size"] = np.log10(feats.pop("size"))
-    feats["log_classes"] = np.log10(feats.pop("number_of_classes"))
-    feats = feats.set_index("dataset").reindex(sorted(runs["dataset"].unique())).rename_axis("dataset").reset_index()
+    dist.index = dist.index.astype(str)
+    dist = dist[~dist.index.duplicated()]
+    dist = dist.loc[:, ~dist.columns.duplicated()]
+    missing = sorted(set(runs["dataset"]) - set(dist.index))
+    if missing:
+        warnings.warn(f"{dist_path.name}: datasets {missing} have runs but no distances; they are left out")
+        runs = runs[~runs["dataset"].isin(missing)]
+
+    mf = pd.DataFrame({"model": sorted(runs["model"].unique())})
+    config_path = folder / "model_config_dataset.csv"
+    if config_path.is_file():
+        config = _transfergraph_table(config_path)
+        _require_columns(config, ["model"], config_path)
+        config = config.drop_duplicates("model").set_index("model")
+        columns = {"input_shape": "input_shape", "output_shape": "output_shape", "#labels": "n_labels",
+                   "number_of_labels": "n_labels", "accuracy": "pretrain_accuracy",
+                   "memory_consumption": "memory_consumption", "model_type": "model_type"}
+        for source, name in columns.items():
+            if source in config.columns and name not in mf.columns:
+                mf[name] = mf["model"].map(config[source])
+        if "number_of_parameters" in config.columns:
+            mf["log_parameters"] = np.log10(mf["model"].map(config["number_of_parameters"]).astype(float).clip(lower=1))
+        if "architectures" in config.columns:
+            mf["architecture"] = mf["model"].map(config["architectures"].map(_first_architecture))
+        if "dataset" in config.columns:
+            # the pretraining dataset, or — for models fine-tuned on ad-hoc Hugging Face picture sets ("hfpics") —
+            # its label list, which is how TransferGraph names those datasets
+            labels = config["labels"] if "labels" in config.columns else config["dataset"]
+            pretrain = pd.Series(np.where(config["dataset"] == "hfpics", labels, config["dataset"]), index=config.index)
+            # pretraining datasets absent from the distance matrix get no link
+            mf["pretrain_dataset"] = mf["model"].map(pretrain.where(pretrain.isin(set(dist.index))))
+    datasets = sorted(runs["dataset"].unique())
+    feats = pd.DataFrame({"dataset": datasets})
+    features_path = folder / "target_dataset_features.csv"
+    if features_path.is_file():
+        table = _transfergraph_table(features_path)
+        _require_columns(table, ["finetune_dataset"], features_path)
+        table = table.drop_duplicates("finetune_dataset").set_index("finetune_dataset")
+        if "size" in table.columns:
+            feats["log_size"] = np.log10(feats["dataset"].map(table["size"]).astype(float))
+        if "number_of_classes" in table.columns:
+            feats["log_classes"] = np.log10(feats["dataset"].map(table["number_of_classes"]).astype(float))
     return History.from_tables(runs=runs, quality={"eval_accuracy": "higher"}, model_features=mf,
                                dataset_features=feats, similarity=dist, similarity_kind="distance",
                                source=str(folder))

@@ -1,25 +1,37 @@
-"""Profile: describe each target dataset by what a user has before fine-tuning anything — its training split.
+"""Profile: describe each dataset by what a user has before fine-tuning anything — its training split.
 
 For every dataset: simple statistics of its images (brightness, contrast, colourfulness, saturation, edge density)
-and captions (distinct captions, words per caption, vocabulary), and CLIP embeddings of images and captions
-(the offline world's tiny CLIP by default, any CLIP folder otherwise). From the embeddings:
+and captions (distinct captions, words per caption, vocabulary), and CLIP features of every image and caption
+(the offline world's tiny CLIP by default, any CLIP folder otherwise). From the features:
 
-* ``similarity`` — dataset × dataset: the mean of the cosines of the datasets' mean image embeddings and of their
-  mean caption embeddings (the data–data edges of the matching graph);
-* ``clip_pc*`` — the first principal components of the datasets' mean embeddings (compact ranker features;
-  computed over the profiled datasets, without any fine-tuning result).
+* ``distributions`` — per dataset and modality (``image``, ``caption``) the Gaussian of its features (mean and
+  covariance over up to ``max_images`` training pairs), as FID summarises an image set;
+* ``distances`` — the Fréchet distance between every two datasets' Gaussians, per modality (clean-fid's
+  ``frechet_distance``): two datasets with the same mean feature but different spreads are told apart, which a
+  cosine of mean vectors cannot do;
+* ``similarity`` — dataset × dataset in (0, 1]: the mean over modalities of ``exp(-FD / scale)``, ``scale`` being
+  the median off-diagonal distance of that modality (recorded, so a new dataset is compared on the same scale).
+  These are the data–data edges of the matching graph, and — to a model's pretraining datasets, which are profiled
+  too — the model–data affinity the ranker sees;
+* ``clip_pc*`` — the first principal components of the datasets' mean features (compact ranker features).
 
-Tables written by :func:`write_profiles` (schema)::
+``similarity="mean-cosine"`` gives the earlier representation (the cosine of mean features, averaged over
+modalities), kept for the ablation. Tables written by :func:`write_profiles` (schema)::
 
-    dataset_features.csv   dataset, n_train, n_captions, words_per_caption, vocabulary, brightness, contrast,
-                           colourfulness, saturation, edge_density, clip_pc0 … clip_pcK
-    embeddings.csv         dataset, kind (image|caption), e0 … eD  (mean L2-normalised embeddings)
+    dataset_features.csv   dataset, n_train, n_profiled, n_captions, words_per_caption, vocabulary, brightness,
+                           contrast, colourfulness, saturation, edge_density, clip_pc0 … clip_pcK
+    embeddings.csv         dataset, kind (image|caption), e0 … eD   (mean L2-normalised features)
+    distributions.parquet  dataset, modality, n, mean (list), cov (list, row-major D×D)
+    distances.csv          dataset_a, dataset_b, modality, frechet  (every unordered pair)
     similarity.csv         square matrix, first column = dataset ids (kind: similarity, larger = closer)
+    profile.json           how it was made: backbone, its weights' SHA-256, resolution, similarity kind, scales,
+                           max_images, the PCA of clip_pc*, library versions
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +40,22 @@ import torch
 
 from .config import Manifests
 
+MODALITIES = ("image", "caption")
+SIMILARITIES = ("frechet", "mean-cosine")
+COV_EPS = 1e-6  # added to covariance diagonals: a dataset with one distinct caption has a singular covariance
+
 
 @dataclass(frozen=True)
 class DatasetProfiles:
     features: pd.DataFrame  # one row per dataset
-    embeddings: pd.DataFrame  # dataset, kind, e0..eD
+    embeddings: pd.DataFrame  # dataset, kind, e0..eD (mean features)
     similarity: pd.DataFrame  # dataset × dataset
+    distributions: pd.DataFrame = field(default_factory=pd.DataFrame)  # dataset, modality, n, mean, cov
+    distances: pd.DataFrame = field(default_factory=pd.DataFrame)  # dataset_a, dataset_b, modality, frechet
+    meta: dict = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------- statistics
 
 
 def image_statistics(images: np.ndarray) -> dict[str, float]:
@@ -57,83 +79,252 @@ def caption_statistics(captions: list[str]) -> dict[str, float]:
             "vocabulary": len({t for w in words for t in w})}
 
 
+# ------------------------------------------------------------------------------------------- features
+
+
 @torch.no_grad()
-def mean_embeddings(model, processor, images: np.ndarray, captions: list[str], batch_size: int = 256):
-    """Mean L2-normalised CLIP embeddings of the images and of the distinct captions."""
+def embed_pairs(model, processor, images: np.ndarray, captions: list[str],
+                batch_size: int = 256) -> dict[str, np.ndarray]:
+    """L2-normalised CLIP features of every image and every caption (float64, one row per pair)."""
     from .tinyclip import pixel_values
 
-    image_embs, text_embs = [], []
+    image_feats, text_feats = [], []
     for start in range(0, len(images), batch_size):
         e = model.get_image_features(pixel_values=pixel_values(images[start:start + batch_size],
                                                                processor.image_processor))
         e = getattr(e, "pooler_output", e)
-        image_embs.append(torch.nn.functional.normalize(e, dim=-1))
-    distinct = sorted(set(captions))
+        image_feats.append(torch.nn.functional.normalize(e, dim=-1))
+    distinct = sorted(set(captions))  # each distinct caption is encoded once
+    encoded = []
     for start in range(0, len(distinct), batch_size):
         tok = processor.tokenizer(distinct[start:start + batch_size], padding=True, truncation=True,
                                   return_tensors="pt")
         e = model.get_text_features(**tok)
         e = getattr(e, "pooler_output", e)
-        text_embs.append(torch.nn.functional.normalize(e, dim=-1))
-    return torch.cat(image_embs).mean(0).numpy(), torch.cat(text_embs).mean(0).numpy()
+        encoded.append(torch.nn.functional.normalize(e, dim=-1))
+    lookup = dict(zip(distinct, torch.cat(encoded).double().numpy()))
+    text_feats = np.stack([lookup[c] for c in captions])
+    return {"image": torch.cat(image_feats).double().numpy(), "caption": text_feats}
 
 
-def _cosine(x: np.ndarray) -> np.ndarray:
+def gaussian(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance (ddof 1; zeros for a single row) of features (n, d)."""
+    mean = features.mean(axis=0)
+    cov = np.cov(features, rowvar=False) if len(features) > 1 else np.zeros((features.shape[1],) * 2)
+    return mean, np.atleast_2d(cov)
+
+
+def frechet(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> float:
+    """Fréchet distance of two Gaussians (clean-fid's ``frechet_distance``), covariances regularised by
+    ``COV_EPS`` on the diagonal; never negative."""
+    from cleanfid.fid import frechet_distance
+
+    eye = np.eye(len(a[0])) * COV_EPS
+    return max(float(frechet_distance(a[0], a[1] + eye, b[0], b[1] + eye)), 0.0)
+
+
+def _cosine(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    return x @ x.T
+    y = y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)
+    return x @ y.T
+
+
+def _sized(images: list[np.ndarray], resolution: int) -> np.ndarray:
+    from .finetune import resize_shorter
+
+    return np.stack([im[:resolution, :resolution] for im in resize_shorter(images, resolution)])
+
+
+def _subsample(n: int, max_images: int) -> np.ndarray:
+    """Evenly spaced indices: at most ``max_images`` of ``n`` (deterministic)."""
+    return np.arange(n) if n <= max_images else np.unique(np.linspace(0, n - 1, max_images).round().astype(int))
+
+
+@dataclass(frozen=True)
+class _Profiled:
+    row: dict
+    feats: dict[str, np.ndarray]
+
+
+def _profile_one(model, processor, resolution: int, images: list[np.ndarray], captions: list[str],
+                 max_images: int) -> _Profiled:
+    keep = _subsample(len(images), max_images)
+    sized = _sized([images[i] for i in keep], resolution)
+    caps = [captions[i] for i in keep]
+    feats = embed_pairs(model, processor, sized, caps)
+    row = {"n_train": len(images), "n_profiled": len(keep), **caption_statistics(captions), **image_statistics(sized)}
+    return _Profiled(row, feats)
+
+
+def _backbone(clip_folder: str | Path | None):
+    from .tinyclip import load_clip
+    from .weights import sha256
+    from .zoo import CLIP_DIR, WORLD_MODELS
+
+    folder = Path(clip_folder) if clip_folder else WORLD_MODELS / CLIP_DIR
+    model, processor = load_clip(folder)
+    weights = next((f for f in (folder / "model.safetensors", folder / "pytorch_model.bin") if f.is_file()), None)
+    info = {"backbone": folder.name if clip_folder is None else str(folder),
+            "weights_sha256": sha256(weights) if weights else "",
+            "resolution": int(model.config.vision_config.image_size)}
+    return model, processor, info
 
 
 def profile_datasets(manifests: Manifests, dataset_ids: list[str], clip_folder: str | Path | None = None,
-                     n_components: int = 4) -> DatasetProfiles:
+                     n_components: int = 4, similarity: str = "frechet", max_images: int = 1000) -> DatasetProfiles:
     """Profile the train splits of ``dataset_ids`` (see the module docstring)."""
-    from .finetune import load_dataset_split, resize_shorter
-    from .tinyclip import load_clip
-    from .zoo import CLIP_DIR, WORLD_MODELS
+    from .finetune import load_dataset_split
 
-    model, processor = load_clip(clip_folder or WORLD_MODELS / CLIP_DIR)
-    resolution = model.config.vision_config.image_size
-    rows, img_means, txt_means = [], [], []
+    if similarity not in SIMILARITIES:
+        raise ValueError(f"similarity must be one of {SIMILARITIES}, not {similarity!r}")
+    model, processor, info = _backbone(clip_folder)
+    profiled = {}
     for dataset_id in dataset_ids:
         images, captions = load_dataset_split(manifests, dataset_id, "train")
-        sized = np.stack([im[:resolution, :resolution] for im in resize_shorter(images, resolution)])
-        img, txt = mean_embeddings(model, processor, sized, captions)
-        img_means.append(img)
-        txt_means.append(txt)
-        rows.append({"dataset": dataset_id, "n_train": len(images), **caption_statistics(captions),
-                     **image_statistics(sized)})
-    img_means, txt_means = np.stack(img_means), np.stack(txt_means)
-    sim = (_cosine(img_means) + _cosine(txt_means)) / 2
+        profiled[dataset_id] = _profile_one(model, processor, info["resolution"], images, captions, max_images)
+    return _assemble(profiled, info, n_components, similarity, max_images)
+
+
+def _assemble(profiled: dict[str, _Profiled], info: dict, n_components: int, similarity: str,
+              max_images: int) -> DatasetProfiles:
+    ids = list(profiled)
+    stats = {m: {d: gaussian(p.feats[m]) for d, p in profiled.items()} for m in MODALITIES}
+    means = {m: np.stack([stats[m][d][0] for d in ids]) for m in MODALITIES}
+    dist_rows, scales = [], {}
+    sims = []
+    for m in MODALITIES:
+        dist = np.zeros((len(ids), len(ids)))
+        for i in range(len(ids)):
+            for j in range(i + 1, len(ids)):
+                dist[i, j] = dist[j, i] = frechet(stats[m][ids[i]], stats[m][ids[j]])
+                dist_rows.append({"dataset_a": ids[i], "dataset_b": ids[j], "modality": m, "frechet": dist[i, j]})
+        off = dist[~np.eye(len(ids), dtype=bool)]
+        scales[m] = float(np.median(off)) if off.size and np.median(off) > 0 else 1.0
+        sims.append(np.exp(-dist / scales[m]) if similarity == "frechet" else _cosine(means[m], means[m]))
+    sim = np.mean(sims, axis=0)
     sim = (sim + sim.T) / 2
     np.fill_diagonal(sim, 1.0)
-    features = pd.DataFrame(rows)
-    joint = np.concatenate([img_means, txt_means], axis=1)
-    joint = joint - joint.mean(0)
-    k = min(n_components, len(dataset_ids) - 1)
+
+    features = pd.DataFrame([{"dataset": d, **p.row} for d, p in profiled.items()])
+    joint = np.concatenate([means["image"], means["caption"]], axis=1)
+    centre = joint.mean(0)
+    k = min(n_components, len(ids) - 1)
+    components = np.zeros((0, joint.shape[1]))
     if k > 0:
-        u, s, _ = np.linalg.svd(joint, full_matrices=False)
-        signs = np.sign(u[np.argmax(np.abs(u), axis=0), range(u.shape[1])])  # deterministic sign per component
-        pcs = (u * s * signs)[:, :k]
-        for i in range(k):
-            features[f"clip_pc{i}"] = pcs[:, i]
-    dims = img_means.shape[1]
-    emb_rows = [{"dataset": d, "kind": kind, **{f"e{j}": float(v[j]) for j in range(dims)}}
-                for kind, means in (("image", img_means), ("caption", txt_means))
-                for d, v in zip(dataset_ids, means)]
-    similarity = pd.DataFrame(sim, index=pd.Index(dataset_ids, name="dataset"), columns=dataset_ids)
-    return DatasetProfiles(features=features, embeddings=pd.DataFrame(emb_rows), similarity=similarity)
+        _, _, vt = np.linalg.svd(joint - centre, full_matrices=False)
+        components = vt[:k]
+        proj = (joint - centre) @ components.T
+        signs = np.sign(proj[np.argmax(np.abs(proj), axis=0), range(k)])  # deterministic sign per component
+        components = components * signs[:, None]
+        for i, col in enumerate(((joint - centre) @ components.T).T):
+            features[f"clip_pc{i}"] = col
+    dims = means["image"].shape[1]
+    emb_rows = [{"dataset": d, "kind": m, **{f"e{j}": float(v[j]) for j in range(dims)}}
+                for m in MODALITIES for d, v in zip(ids, means[m])]
+    distributions = pd.DataFrame([{"dataset": d, "modality": m, "n": len(profiled[d].feats[m]),
+                                   "mean": stats[m][d][0].tolist(), "cov": stats[m][d][1].reshape(-1).tolist()}
+                                  for m in MODALITIES for d in ids])
+    meta = {**info, "similarity": similarity, "modalities": list(MODALITIES), "scales": scales,
+            "max_images": max_images, "cov_eps": COV_EPS,
+            "pca": {"centre": centre.tolist(), "components": components.tolist()}}
+    return DatasetProfiles(features=features, embeddings=pd.DataFrame(emb_rows),
+                           similarity=pd.DataFrame(sim, index=pd.Index(ids, name="dataset"), columns=ids),
+                           distributions=distributions, distances=pd.DataFrame(dist_rows), meta=meta)
+
+
+def similarity_from_profiles(profiles: DatasetProfiles, kind: str = "frechet",
+                             modalities=MODALITIES) -> pd.DataFrame:
+    """A dataset × dataset similarity recomputed from written profiles: ``frechet`` (the default representation,
+    from ``distances``) or ``mean-cosine`` (from the mean features), over some ``modalities`` — for comparing
+    representations on the same profiles."""
+    ids = list(profiles.similarity.index)
+    sims = []
+    for m in modalities:
+        if kind == "frechet":
+            d = profiles.distances[profiles.distances["modality"] == m]
+            dist = pd.DataFrame(0.0, index=ids, columns=ids)
+            for a, b, v in zip(d["dataset_a"], d["dataset_b"], d["frechet"]):
+                dist.loc[a, b] = dist.loc[b, a] = v
+            off = dist.to_numpy()[~np.eye(len(ids), dtype=bool)]
+            sims.append(np.exp(-dist.to_numpy() / np.median(off)))
+        elif kind == "mean-cosine":
+            e = profiles.embeddings[profiles.embeddings["kind"] == m].set_index("dataset").loc[ids]
+            x = e.drop(columns=["kind"]).to_numpy(dtype=float)
+            sims.append(_cosine(x, x))
+        else:
+            raise ValueError(f"kind must be one of {SIMILARITIES}, not {kind!r}")
+    return pd.DataFrame(np.mean(sims, axis=0), index=ids, columns=ids)
+
+
+# ------------------------------------------------------------------------------------------- a new dataset
+
+
+def profile_new_dataset(profiles: DatasetProfiles, images: list[np.ndarray], captions: list[str],
+                        clip_folder: str | Path | None = None) -> tuple[dict, pd.Series]:
+    """Profile a new dataset exactly as ``profiles`` were made (same backbone, image count, distance and scales):
+    returns its features row (``clip_pc*`` projected on the recorded PCA) and its similarity to every profiled
+    dataset. The backbone's weights must be those recorded (SHA-256), or the error says which differ."""
+    from .errors import InputError
+
+    meta = profiles.meta
+    model, processor, info = _backbone(clip_folder)
+    if meta.get("weights_sha256") and info["weights_sha256"] != meta["weights_sha256"]:
+        raise InputError(clip_folder or info["backbone"], "the backbone's weights differ from the ones the history "
+                         f"was profiled with (SHA-256 {info['weights_sha256'][:12]} vs {meta['weights_sha256'][:12]})",
+                         f"pass the backbone recorded in profile.json ({meta.get('backbone')})")
+    new = _profile_one(model, processor, info["resolution"], images, captions, int(meta.get("max_images", 1000)))
+    sims = []
+    for m in MODALITIES:
+        mine = gaussian(new.feats[m])
+        rows = profiles.distributions[profiles.distributions["modality"] == m].set_index("dataset")
+        dims = len(mine[0])
+        dist = pd.Series({d: frechet(mine, (np.asarray(r["mean"]), np.asarray(r["cov"]).reshape(dims, dims)))
+                          for d, r in rows.iterrows()})
+        if meta.get("similarity", "frechet") == "frechet":
+            sims.append(np.exp(-dist / meta["scales"][m]))
+        else:
+            means = np.stack([np.asarray(r["mean"]) for _, r in rows.iterrows()])
+            sims.append(pd.Series(_cosine(mine[0][None], means)[0], index=rows.index))
+    similarity = pd.concat(sims, axis=1).mean(axis=1)
+    row = dict(new.row)
+    pca = meta.get("pca", {})
+    if pca.get("components"):
+        joint = np.concatenate([new.feats["image"].mean(0), new.feats["caption"].mean(0)])
+        for i, value in enumerate((joint - np.asarray(pca["centre"])) @ np.asarray(pca["components"]).T):
+            row[f"clip_pc{i}"] = float(value)
+    return row, similarity
+
+
+# ------------------------------------------------------------------------------------------- files
 
 
 def write_profiles(profiles: DatasetProfiles, folder: str | Path) -> Path:
+    from .finetune import library_versions, write_json
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     profiles.features.to_csv(folder / "dataset_features.csv", index=False)
     profiles.embeddings.to_csv(folder / "embeddings.csv", index=False)
     profiles.similarity.to_csv(folder / "similarity.csv")
+    if len(profiles.distributions):
+        profiles.distributions.to_parquet(folder / "distributions.parquet", index=False)
+        profiles.distances.to_csv(folder / "distances.csv", index=False)
+    write_json(folder / "profile.json", {**profiles.meta, "versions": library_versions()})
     return folder
 
 
 def read_profiles(folder: str | Path) -> DatasetProfiles:
+    """The tables :func:`write_profiles` wrote (an :class:`~mc_bench.errors.InputError` names a missing one)."""
+    from .errors import InputError
+
     folder = Path(folder)
+    for name in ("dataset_features.csv", "similarity.csv", "profile.json", "distributions.parquet"):
+        if not (folder / name).is_file():
+            raise InputError(folder / name, "missing from the profiles folder",
+                             "profile the datasets again (notebook 01_profile, or mc-bench run)")
     return DatasetProfiles(features=pd.read_csv(folder / "dataset_features.csv"),
                            embeddings=pd.read_csv(folder / "embeddings.csv"),
-                           similarity=pd.read_csv(folder / "similarity.csv", index_col=0))
+                           similarity=pd.read_csv(folder / "similarity.csv", index_col=0),
+                           distributions=pd.read_parquet(folder / "distributions.parquet"),
+                           distances=pd.read_csv(folder / "distances.csv"),
+                           meta=json.loads((folder / "profile.json").read_text()))

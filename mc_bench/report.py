@@ -89,8 +89,9 @@ def draw_matching_graph(graph, ax=None, seed: int = 0):
     return ax
 
 
-def topk_plot(summary, ax=None):
-    """Top-1 and top-3 accuracy per method with their bootstrap confidence intervals."""
+def topk_plot(summary, ax=None, ceiling: float | None = None):
+    """Top-1 and top-3 accuracy per method with their bootstrap confidence intervals; ``ceiling`` (the share of
+    datasets whose winner a second seed reproduces) is drawn as the line a method's top-1 is read against."""
     import matplotlib.pyplot as plt
 
     if ax is None:
@@ -100,11 +101,14 @@ def topk_plot(summary, ax=None):
         lo = summary[col] - summary[f"{col}_ci_low"]
         hi = summary[f"{col}_ci_high"] - summary[col]
         ax.barh(y + offset, summary[col], height=0.4, xerr=[lo, hi], color=colour, label=col, capsize=2)
+    if ceiling is not None:
+        ax.axvline(ceiling, color="tab:red", linestyle="--", linewidth=1.2,
+                   label=f"label ceiling: seed-to-seed top-1 agreement {ceiling:.2f}")
     ax.set_yticks(y, summary["method"])
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
     ax.set_xlabel("share of held-out datasets (95 % bootstrap CI)")
-    ax.legend()
+    ax.legend(fontsize=8)
     return ax
 
 

@@ -321,6 +321,12 @@ def model_features(manifests: Manifests, models: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def pretraining_datasets(manifests: Manifests, models: list[str], exclude=()) -> list[str]:
+    """The datasets of ``manifests`` that ``models`` were pretrained on (their ``pretrain_datasets`` metadata)."""
+    named = {d for model in models for d in str(manifests.models[model].metadata.get("pretrain_datasets", "")).split(";")}
+    return sorted((named & set(manifests.datasets)) - set(exclude))
+
+
 def profile_study(study_dir: str | Path, clip_folder: str | None = None, n_components: int = 4,
                   manifests: str | Path | None = None):
     """Profile the study's datasets and the models' pretraining datasets (``profiles/``)."""
@@ -330,9 +336,7 @@ def profile_study(study_dir: str | Path, clip_folder: str | None = None, n_compo
     study_dir = Path(study_dir)
     profile = _study_profile(study_dir, None, manifests)
     m = load_manifests(manifests)
-    sources = sorted({d for model in profile.models
-                      for d in str(m.models[model].metadata.get("pretrain_datasets", "")).split(";")
-                      if d in m.datasets} - set(profile.datasets))
+    sources = pretraining_datasets(m, profile.models, exclude=profile.datasets)
     start = time.perf_counter()
     ids = list(profile.datasets) + sources
     profiles = profile_datasets(m, ids, clip_folder, n_components)
@@ -343,37 +347,116 @@ def profile_study(study_dir: str | Path, clip_folder: str | None = None, n_compo
     return profiles
 
 
+def nearest_datasets(similarity: pd.DataFrame, performance: pd.DataFrame, manifests: Manifests,
+                     label: str = "fid") -> pd.DataFrame:
+    """For every dataset with runs: its most similar *other* dataset with runs, their similarity, and whether the two
+    share the family (the manifest's ``domain``) and the winner (the best model by ``label``). A dataset
+    representation is useful to M&C when nearest datasets tend to share winners."""
+    from .evaluate import DIRECTIONS
+
+    q = performance.pivot(index="model", columns="dataset", values=label)
+    winners = q.idxmax() if DIRECTIONS[label] == "higher" else q.idxmin()
+    datasets = [d for d in q.columns if d in similarity.index]
+    rows = []
+    for d in datasets:
+        others = similarity.loc[d, [o for o in datasets if o != d]]
+        nearest = others.idxmax()
+        rows.append({"dataset": d, "nearest": nearest, "similarity": float(others.max()),
+                     "family": manifests.datasets[d].domain if d in manifests.datasets else "",
+                     "nearest_family": manifests.datasets[nearest].domain if nearest in manifests.datasets else "",
+                     "winner": winners[d], "nearest_winner": winners[nearest]})
+    table = pd.DataFrame(rows)
+    table["same_family"] = table["family"] == table["nearest_family"]
+    table["same_winner"] = table["winner"] == table["nearest_winner"]
+    return table
+
+
 def build_history(study_dir: str | Path, label: str | None = None, manifests: str | Path | None = None):
     """The study's fine-tuning history (``history/``): runs from ``performance.csv``, model features from
     ``models.yaml``, dataset features and similarity from ``profiles/``. Returns a :class:`History`."""
+    study_dir = Path(study_dir)
+    profile = _study_profile(study_dir, None, manifests)
+    return write_history(study_dir / "history", pd.read_csv(study_dir / "performance.csv"), study_dir / "profiles",
+                         load_manifests(manifests), label or profile.evaluate.quality)
+
+
+def write_history(folder: str | Path, performance: pd.DataFrame, profiles_dir: str | Path, manifests: Manifests,
+                  label: str):
+    """Write a history folder (``history.yaml`` + tables, mc_bench.history's schema) from a performance table and
+    a profiles folder (mc_bench.profile), which ``history.yaml`` names under ``profiles`` so that a new dataset can be
+    profiled the same way (``mc-bench choose --images``). Returns the loaded :class:`History`."""
+    import os
+
     import yaml
 
     from .evaluate import DIRECTIONS
     from .history import load_history
 
-    study_dir = Path(study_dir)
-    profile = _study_profile(study_dir, None, manifests)
-    m = load_manifests(manifests)
-    performance = pd.read_csv(study_dir / "performance.csv")
+    folder, profiles_dir = Path(folder), Path(profiles_dir)
     quality = {c: DIRECTIONS[c] for c in performance.columns if c in DIRECTIONS}
-    label = label or profile.evaluate.quality
-    folder = study_dir / "history"
     folder.mkdir(parents=True, exist_ok=True)
     performance.to_csv(folder / "runs.csv", index=False)
-    model_features(m, sorted(performance["model"].unique())).to_csv(folder / "models.csv", index=False)
-    features = pd.read_csv(study_dir / "profiles" / "dataset_features.csv")
-    features.to_csv(folder / "datasets.csv", index=False)
-    pd.read_csv(study_dir / "profiles" / "similarity.csv", index_col=0).to_csv(folder / "similarity.csv")
+    model_features(manifests, sorted(performance["model"].unique())).to_csv(folder / "models.csv", index=False)
+    pd.read_csv(profiles_dir / "dataset_features.csv").to_csv(folder / "datasets.csv", index=False)
+    pd.read_csv(profiles_dir / "similarity.csv", index_col=0).to_csv(folder / "similarity.csv")
     spec = {"runs": "runs.csv", "quality": quality, "label": label, "model_features": "models.csv",
-            "dataset_features": "datasets.csv", "similarity": {"file": "similarity.csv", "kind": "similarity"}}
+            "dataset_features": "datasets.csv", "similarity": {"file": "similarity.csv", "kind": "similarity"},
+            "profiles": os.path.relpath(profiles_dir, folder)}
     (folder / "history.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     return load_history(folder)
 
 
-def selection_summary(lodo: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+def build_combined_history(study_dirs: list[str | Path], out: str | Path, manifests: str | Path | None = None,
+                           label: str = "fid"):
+    """One history from several studies' runs (e.g. cpu-paper + cpu-validation, on which the selection engine's
+    defaults are chosen): their ``performance.csv`` tables, and profiles of all their datasets and the models'
+    pretraining datasets made together into ``out/profiles``. Returns the :class:`History` written to ``out``."""
+    from .profile import profile_datasets, write_profiles
+
+    out = Path(out)
+    m = load_manifests(manifests)
+    performance = pd.concat([pd.read_csv(Path(d) / "performance.csv") for d in study_dirs], ignore_index=True)
+    datasets = list(dict.fromkeys(performance["dataset"]))
+    models = sorted(performance["model"].unique())
+    sources = pretraining_datasets(m, models, exclude=datasets)
+    write_profiles(profile_datasets(m, datasets + sources), out / "profiles")
+    return write_history(out, performance, out / "profiles", m, label)
+
+
+def label_ceiling(study_dir: str | Path, replicate_dir: str | Path, label: str = "fid") -> pd.DataFrame:
+    """The label's own reproducibility: for every dataset run in both studies (the same cells with another training
+    and sampling seed), whether the two seeds agree on the best model, the Spearman correlation of the models'
+    labels, and how much the first seed's winner loses under the second seed (its regret there). The mean agreement
+    is the ceiling a selector's top-1 is read against: no method can predict a winner more reliably than the label
+    repeats itself."""
+    from scipy.stats import spearmanr
+
+    from .evaluate import DIRECTIONS
+
+    a = pd.read_csv(Path(study_dir) / "performance.csv").pivot(index="model", columns="dataset", values=label)
+    b = pd.read_csv(Path(replicate_dir) / "performance.csv").pivot(index="model", columns="dataset", values=label)
+    higher = DIRECTIONS[label] == "higher"
+    rows = []
+    for d in [c for c in b.columns if c in a.columns]:
+        pair = pd.concat([a[d], b[d]], axis=1, keys=["first", "second"]).dropna()
+        best_first = pair["first"].idxmax() if higher else pair["first"].idxmin()
+        best_second = pair["second"].idxmax() if higher else pair["second"].idxmin()
+        best = pair["second"].max() if higher else pair["second"].min()
+        chosen = pair.loc[best_first, "second"]
+        regret = (best - chosen) / abs(best) if higher else (chosen - best) / abs(best)
+        rows.append({"dataset": d, "n_models": len(pair), "winner_seed0": best_first, "winner_seed1": best_second,
+                     "same_winner": best_first == best_second,
+                     "spearman": float(spearmanr(pair["first"], pair["second"])[0]), "regret_of_seed0_winner": regret})
+    return pd.DataFrame(rows)
+
+
+def selection_summary(lodo: pd.DataFrame, seed: int = 0, scores: pd.DataFrame | None = None,
+                      level: float = 0.9) -> pd.DataFrame:
     """One row per method: ``top1`` (share of held-out datasets whose best model is ranked first), ``top3``
     (the best model is among the first three), ``mean_regret`` (label lost by taking the first pick), each with
-    a 95 % bootstrap interval over datasets."""
+    a 95 % bootstrap interval over datasets; with ``scores`` (leave_one_dataset_out(..., return_scores=True)),
+    the conformal shortlist's ``shortlist_coverage`` and mean ``shortlist_size`` at ``shortlist_level``."""
+    from .choose import shortlist_coverage
     from .ranking import bootstrap_summary
 
     boot = bootstrap_summary(lodo, ["hit@1", "hit@3", "regret"], seed=seed)
@@ -389,6 +472,9 @@ def selection_summary(lodo: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
         rows.append(row)
     cols = ["method", "top1", "top3", "mean_regret"]
     out = pd.DataFrame(rows)
+    if scores is not None and len(scores):
+        shortlist = shortlist_coverage(lodo, scores, level).drop(columns=["n_models"])
+        out = out.merge(shortlist, on="method", how="left")
     return out[cols + [c for c in out.columns if c not in cols]]
 
 
@@ -402,7 +488,7 @@ def run_study_notebooks(study_dir: Path, manifests: str | Path | None = None, se
     out.mkdir(parents=True, exist_ok=True)
     seconds = {}
     params = {"study_dir": str(Path(study_dir).resolve()), "manifests": str(manifests) if manifests else None}
-    extra = {"05_choose.ipynb": {"seed": seed, "ablations": ablations}}
+    extra = {"05_choose.ipynb": {"bootstrap_seed": seed, "ablations": ablations}}
     for notebook in STUDY_NOTEBOOKS:
         seconds[notebook] = round(_execute(notebook, out / notebook, {**params, **extra.get(notebook, {})},
                                            Path(study_dir))["wall"], 3)
@@ -422,8 +508,9 @@ def export_html(notebook: Path, target: Path) -> Path:
 
 def run_study(profile_id: str, study_dir: str | Path | None = None, manifests: str | Path | None = None,
               scheduler: str | None = None, workers: int = 2, retry_failed: bool = False, progress: bool = True,
-              weights: str | None = None, ablations: bool = True) -> dict:
-    """The whole study (see the module docstring). Returns a summary with seconds per stage."""
+              weights: str | None = None, ablations: bool = True, grid_only: bool = False) -> dict:
+    """The whole study (see the module docstring). Returns a summary with seconds per stage. ``grid_only``: the
+    grid and its metric tables, without the study notebooks."""
     from .finetune import write_json
 
     study_dir = Path(study_dir) if study_dir else study_dir_for(profile_id)
@@ -431,7 +518,7 @@ def run_study(profile_id: str, study_dir: str | Path | None = None, manifests: s
     cells = run_grid(study_dir, profile_id, manifests, scheduler, workers, retry_failed, progress, weights)
     grid_seconds = time.perf_counter() - start
     collect_metrics(study_dir, profile_id, manifests)
-    notebooks = run_study_notebooks(study_dir, manifests, ablations=ablations)
+    notebooks = {} if grid_only else run_study_notebooks(study_dir, manifests, ablations=ablations)
     done = cells[cells["status"] == "done"]
     cell_seconds = float((done["finetune_notebook"] + done["evaluate_notebook"]).sum()) if len(done) else 0.0
     summary = {"profile": profile_id, "cells": len(cells), "done": int((cells["status"] == "done").sum()),

@@ -161,3 +161,37 @@ def test_lodo_skips_a_dataset_with_fewer_than_two_results(small):
     history = replace(small, runs=runs.reset_index(drop=True))  # one model's result left on the target
     table = leave_one_dataset_out(history, {"global-best": GlobalBest()})
     assert target not in set(table["dataset"]) and len(table) == len(small.datasets) - 1
+
+
+_LODO_SCRIPT = """
+import sys, warnings
+warnings.filterwarnings("ignore")
+from mc_bench.choose import MatchAndChoose, leave_one_dataset_out
+from mc_bench.graph import Node2Vec
+from mc_bench.synthetic import synthetic_history
+h = synthetic_history(n_models=12, n_datasets=10, seed=5)
+methods = {"M&C": MatchAndChoose(), "M&C node2vec": MatchAndChoose(embedding=Node2Vec(dimensions=8, num_walks=4))}
+df = leave_one_dataset_out(h, methods, n_jobs=int(sys.argv[2]))
+df.drop(columns=["seconds"]).to_csv(sys.argv[1], index=False, float_format="%.17g")
+"""
+
+
+def test_lodo_is_identical_across_processes_threads_and_jobs(tmp_path):
+    """The same history and settings give the same LODO table in another process, with other BLAS/OpenMP thread
+    counts, hash seeds and n_jobs."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "lodo.py"
+    script.write_text(_LODO_SCRIPT)
+    tables = []
+    for i, (threads, jobs, hash_seed) in enumerate(((1, 1, "1"), (2, 2, "2"))):
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads),
+               "MKL_NUM_THREADS": str(threads), "PYTHONHASHSEED": hash_seed}
+        out = tmp_path / f"lodo{i}.csv"
+        subprocess.run([sys.executable, str(script), str(out), str(jobs)], env=env, check=True)
+        tables.append(pd.read_csv(out))
+    a, b = tables
+    pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=0, atol=1e-9)
+    assert len(a) == 20 and a["hit@1"].notna().all()

@@ -8,10 +8,11 @@ import pytest
 import yaml
 
 from mc_bench.errors import HistoryError
-from mc_bench.history import History, from_transfergraph, load_history
+from mc_bench.history import History, from_transfergraph, load_history, transfergraph_targets
 from mc_bench.synthetic import synthetic_tables
 
 TG = Path(__file__).resolve().parents[2] / "shared" / "external" / "transfergraph" / "image_classification"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "transfergraph"
 
 
 @pytest.fixture
@@ -137,3 +138,56 @@ def test_transfergraph_import():
     assert len(h.datasets) == 13 and len(h.models) == 180 and len(h.runs) == 2254
     assert h.similarity is not None and h.similarity.shape == (69, 69)
     assert h.higher_is_better and sum(len(v) for v in h.pretrain.values()) > 100
+
+
+def test_transfergraph_fixture_image_layout():
+    h = from_transfergraph(FIXTURES / "image_classification")
+    assert h.models == ["org/convnext-b", "org/resnet-c", "org/swin-d", "org/vit-a"] and len(h.datasets) == 4
+    assert {"input_shape", "n_labels", "pretrain_accuracy", "log_parameters", "architecture"} <= set(h.model_features)
+    assert h.model_features.loc["org/vit-a", "architecture"] == "ViTForImageClassification"
+    # pretraining links: a named dataset, an hfpics label list; one absent from the distance matrix gets none
+    assert h.pretrain == {"org/vit-a": ("imagenet",), "org/convnext-b": ("['cats', 'dogs']",), "org/resnet-c": ("cifar100",)}
+    assert transfergraph_targets(FIXTURES / "image_classification") == ["dtd", "pets"]
+
+
+def test_transfergraph_fixture_sequence_layout():
+    with pytest.warns(UserWarning, match="imdb"):  # runs on a dataset without distances are left out, with a word
+        h = from_transfergraph(FIXTURES / "sequence_classification")
+    assert len(h.models) == 3 and h.datasets == sorted(["glue/sst2", "tweet_eval/irony", "ag_news", "rotten_tomatoes"])
+    assert {"n_labels", "model_type", "log_parameters", "architecture"} <= set(h.model_features)
+    assert "input_shape" not in h.model_features and h.pretrain == {}
+    assert h.model_features.loc["u/bert-a", "architecture"] == "BertForSequenceClassification"
+    records = pd.read_csv(FIXTURES / "sequence_classification" / "records.csv")
+    full = records[records["peft_method"].isna() & (records["model"] == "u/bert-a")
+                   & (records["finetuned_dataset"] == "glue/sst2")]
+    q = h.label_matrix()
+    assert len(full) == 2 and q.loc["u/bert-a", "glue/sst2"] == pytest.approx(full["eval_accuracy"].mean())
+    lora = from_transfergraph(FIXTURES / "sequence_classification", peft="lora")  # imdb has no LoRA run
+    assert (lora.label_matrix() < q + 1e-9).all().all()  # the LoRA runs, each 0.05 below its full run
+    with pytest.warns(UserWarning):
+        gpt2 = from_transfergraph(FIXTURES / "sequence_classification", similarity="gpt2")
+    assert not np.allclose(gpt2.similarity.to_numpy(), h.similarity.to_numpy())
+    assert transfergraph_targets(FIXTURES / "sequence_classification") == ["tweet_eval/irony", "ag_news"]
+
+
+@pytest.mark.parametrize("table, column", [("records.csv", "eval_accuracy"), ("records.csv", "finetuned_dataset"),
+                                           ("model_config_dataset.csv", "model")])
+def test_transfergraph_missing_required_column(tmp_path, table, column):
+    import shutil
+
+    folder = tmp_path / "tg"
+    shutil.copytree(FIXTURES / "image_classification", folder)
+    pd.read_csv(folder / table).drop(columns=[column]).to_csv(folder / table, index=False)
+    with pytest.raises(HistoryError, match=f"{table}.*{column!r} is missing") as err:
+        from_transfergraph(folder)
+    assert "Fix:" in str(err.value)
+
+
+def test_transfergraph_missing_distance_matrix(tmp_path):
+    import shutil
+
+    folder = tmp_path / "tg"
+    shutil.copytree(FIXTURES / "image_classification", folder)
+    next(folder.glob("corr_domain_similarity_*.csv")).unlink()
+    with pytest.raises(HistoryError, match="corr_domain_similarity.*no dataset distance matrix"):
+        from_transfergraph(folder)
