@@ -34,20 +34,22 @@ BASELINES = ("global-best", "history-weighted", "nearest-dataset")
 
 
 def candidates() -> dict:
+    """The baselines, M&C with its defaults, and M&C with one setting changed at a time."""
     return {
         "global-best": GlobalBest(),
         "history-weighted": HistoryWeighted(),
         "nearest-dataset": NearestDataset(),
         "M&C (default)": MatchAndChoose(),
-        "3 inner folds": MatchAndChoose(inner_folds=3),
-        "5 inner folds": MatchAndChoose(inner_folds=5),
-        "prior only (0 rounds)": MatchAndChoose(n_estimators=0),
-        "150 rounds": MatchAndChoose(n_estimators=150),
-        "node2vec": MatchAndChoose(embedding=Node2Vec()),
+        "rule: min (not one-se)": MatchAndChoose(rule="min"),
+        "criterion: normalised (not relative)": MatchAndChoose(criterion="normalised"),
+        "3 inner folds (not 5)": MatchAndChoose(inner_folds=3),
+        "0 rounds (prior only)": MatchAndChoose(n_estimators=0),
+        "150 rounds (no inner choice)": MatchAndChoose(n_estimators=150),
+        "node2vec (not spectral)": MatchAndChoose(embedding=Node2Vec()),
         "no embedding": MatchAndChoose(embedding=None),
-        "lambdarank": MatchAndChoose(objective="lambdarank"),
+        "lambdarank (not regression)": MatchAndChoose(objective="lambdarank"),
         "no collaborative features": MatchAndChoose(collaborative=False),
-        "prior: global": MatchAndChoose(prior="global"),
+        "prior: global (not auto)": MatchAndChoose(prior="global"),
         "metadata-only": MatchAndChoose(embedding=None, collaborative=False, prior="none"),
     }
 
@@ -56,7 +58,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", default=str(REPO_ROOT / "results" / "selection"))
-    parser.add_argument("--only", default=None, help="comma-separated candidate names")
+    parser.add_argument("--only", default=None, help="comma-separated candidate names (the baselines always run)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=UserWarning)
     methods = candidates()

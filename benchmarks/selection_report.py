@@ -6,7 +6,9 @@ Reported histories (``mc_bench.validation.reported_histories``): TransferGraph's
 datasets of its published table, the committed cpu-paper study (32 datasets), synthetic histories with seeds 0-2.
 None of their targets chose a default (``benchmarks/selection_defaults.py`` did, on validation histories).
 
-Writes ``reported.csv`` (method × history × dataset rows), ``reported_scores.csv`` (every ranked score) and
+Every dataset of a history is held out in turn (the other datasets' gaps calibrate a target's conformal shortlist);
+means are over the reported targets. Writes ``reported.csv`` (method × history × dataset rows, every dataset;
+column ``reported``), ``reported_scores.csv`` (every ranked score) and
 ``reported_summary.csv``: per history and method the mean hit@1, regret, rel@1 and Pearson, the conformal shortlist's
 coverage and size at 90 %, and the method's gap to the best baseline of that history (``hit1_gain``,
 ``regret_gain``: positive = ahead). Prints the summary; the last line is ``never_behind=<yes|no>`` for M&C.
@@ -25,14 +27,18 @@ from mc_bench.choose import default_methods, leave_one_dataset_out, shortlist_co
 from mc_bench.config import REPO_ROOT
 from mc_bench.validation import reported_histories
 
-BASELINES = ("global-best", "history-weighted", "nearest-dataset", "metadata-only")
+BASELINES = ("global-best", "history-weighted", "nearest-dataset")
 
 
-def summarise(table: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
-    summary = table.groupby(["history", "method"], sort=False)[["hit@1", "regret", "rel@1", "pearson"]].mean()
+def summarise(table: pd.DataFrame, scores: pd.DataFrame, targets: dict[str, list[str]]) -> pd.DataFrame:
+    """Means over each history's reported targets; the shortlist of a target is calibrated on the history's other
+    datasets (all of them, reported or not)."""
+    reported = pd.concat([table[(table["history"] == h) & table["dataset"].isin(t)] for h, t in targets.items()])
+    summary = reported.groupby(["history", "method"], sort=False)[["hit@1", "regret", "rel@1", "pearson"]].mean()
     summary = summary.reset_index()
-    shortlist = pd.concat([shortlist_coverage(table[table["history"] == h], scores[scores["history"] == h])
-                           .assign(history=h) for h in table["history"].unique()], ignore_index=True)
+    shortlist = pd.concat([shortlist_coverage(table[table["history"] == h], scores[scores["history"] == h],
+                                              targets=t).assign(history=h) for h, t in targets.items()],
+                          ignore_index=True)
     summary = summary.merge(shortlist.drop(columns=["n_models"]), on=["history", "method"], how="left")
     best = summary[summary["method"].isin(BASELINES)].groupby("history").agg(
         best_hit1=("hit@1", "max"), best_regret=("regret", "min"))
@@ -48,16 +54,16 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO_ROOT / "results" / "selection"))
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=UserWarning)
-    frames, score_frames = [], []
+    frames, score_frames, reported = [], [], {}
     for name, (history, targets) in reported_histories().items():
         start = time.perf_counter()
-        df, scores = leave_one_dataset_out(history, default_methods(), targets=targets, n_jobs=args.jobs,
-                                           return_scores=True)
-        frames.append(df.assign(history=name))
+        reported[name] = targets  # every dataset is held out (the others calibrate the shortlist); targets reported
+        df, scores = leave_one_dataset_out(history, default_methods(), n_jobs=args.jobs, return_scores=True)
+        frames.append(df.assign(history=name, reported=df["dataset"].isin(targets)))
         score_frames.append(scores.assign(history=name))
         print(f"{name}: {len(targets)} targets, {time.perf_counter() - start:.0f} s", flush=True)
     table, scores = pd.concat(frames, ignore_index=True), pd.concat(score_frames, ignore_index=True)
-    summary = summarise(table, scores)
+    summary = summarise(table, scores, reported)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table.drop(columns=["seconds"]).to_csv(out / "reported.csv", index=False)

@@ -28,8 +28,8 @@ import pandas as pd
 
 from mc_bench.choose import MatchAndChoose, ablations, default_methods, leave_one_dataset_out
 from mc_bench.config import REPO_ROOT
-from mc_bench.graph import SpectralGraphEmbedding
-from mc_bench.history import from_transfergraph
+from mc_bench.graph import Node2Vec
+from mc_bench.history import from_transfergraph, transfergraph_targets
 
 METRICS = ["rel@1", "rel@2", "rel@3", "rel@4", "rel@5", "top@1", "top@2", "top@3", "top@4", "top@5", "pearson"]
 DEFAULT_FOLDER = REPO_ROOT.parent / "shared" / "external" / "transfergraph" / "image_classification"
@@ -53,11 +53,11 @@ def published(folder: Path) -> pd.DataFrame:
 def methods() -> dict:
     out = default_methods()
     out.update({
-        "M&C (spectral embedding)": MatchAndChoose(embedding=SpectralGraphEmbedding()),
-        "M&C (embedding coordinates)": MatchAndChoose(embedding_coordinates=True),
+        "M&C (node2vec embedding)": MatchAndChoose(embedding=Node2Vec()),
+        "M&C (no embedding)": MatchAndChoose(embedding=None),
         "M&C (lambdarank)": MatchAndChoose(objective="lambdarank"),
-        "M&C (pairwise features)": MatchAndChoose(neighbour_features=True),
-        "M&C (pairwise features, prior: model mean)": MatchAndChoose(neighbour_features=True, prior="model_mean"),
+        "M&C (prior only, 0 rounds)": MatchAndChoose(n_estimators=0),
+        "M&C (prior: global)": MatchAndChoose(prior="global"),
     })
     return out
 
@@ -74,7 +74,7 @@ def main() -> None:
 
     history = from_transfergraph(folder)
     pub = published(folder)
-    targets = [d for d in pub["dataset"].unique() if d != "published_average" and d in history.datasets]
+    targets = [d for d in transfergraph_targets(folder) if d in history.datasets]
     print(f"{len(history.models)} models, {len(history.datasets)} datasets; targets: {', '.join(targets)}")
     start = time.perf_counter()
     ours = leave_one_dataset_out(history, methods(), targets=targets, ks=(1, 2, 3, 4, 5), n_jobs=args.jobs)

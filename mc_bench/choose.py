@@ -96,20 +96,35 @@ def _leave_self_out(similarity: pd.DataFrame, targets: list[str], datasets: list
     return s
 
 
-def top_pick_loss(scores: np.ndarray, norm: np.ndarray) -> np.ndarray:
+def regret_matrix(history: History, criterion: str = "relative") -> pd.DataFrame:
+    """What picking each model loses on each dataset (models × datasets, 0 for the best, NaN where not run):
+    ``relative`` — the report's regret, ``(best - chosen) / |best|`` (or ``(chosen - best) / |best|`` when lower is
+    better); ``normalised`` — ``1 - `` the min–max normalised quality, 1 for the worst model."""
+    if criterion == "normalised":
+        return 1.0 - history.normalised()
+    if criterion != "relative":
+        raise ValueError(f"criterion must be 'relative' or 'normalised', not {criterion!r}")
+    q = history.label_matrix()
+    best = q.max(axis=0) if history.higher_is_better else q.min(axis=0)
+    gap = (best - q) if history.higher_is_better else (q - best)
+    scale = best.abs().where(best.abs() > 0, 1.0)
+    return gap / scale
+
+
+def top_pick_loss(scores: np.ndarray, regret: np.ndarray) -> np.ndarray:
     """Per dataset (columns), the loss of taking the top-scored model among those with a result: the mean of
-    *missed the best* (0 or 1: top-1) and ``1 - normalised quality`` of the pick (0 for the best, 1 for the worst:
-    regret on a scale shared by all datasets). The criterion of every inner choice in :class:`MatchAndChoose`,
-    which is judged on top-1 and regret. NaN for a dataset with fewer than 2 results."""
-    out = np.full(norm.shape[1], np.nan)
-    for j in range(norm.shape[1]):
-        truth = norm[:, j]
-        ok = ~np.isnan(truth)
+    *missed the best* (0 or 1: top-1) and the pick's ``regret`` (:func:`regret_matrix`). The criterion of every
+    inner choice in :class:`MatchAndChoose`, which is judged on top-1 and regret. NaN for a dataset with fewer than
+    2 results."""
+    out = np.full(regret.shape[1], np.nan)
+    for j in range(regret.shape[1]):
+        r = regret[:, j]
+        ok = ~np.isnan(r)
         if ok.sum() < 2:
             continue
         s = np.where(ok & ~np.isnan(scores[:, j]), scores[:, j], -np.inf)
-        picked = truth[int(np.argmax(s))]
-        out[j] = 0.5 * float(picked < np.nanmax(truth) - 1e-12) + 0.5 * (1.0 - picked)
+        picked = r[int(np.argmax(s))]
+        out[j] = 0.5 * float(picked > 1e-12) + 0.5 * picked
     return out
 
 
@@ -124,22 +139,39 @@ def prior_scores(norm: np.ndarray, similarity: np.ndarray, bandwidth: float,
     return np.where(np.isnan(weighted), overall, weighted) + 1e-6 * overall
 
 
-def choose_bandwidth(norm: pd.DataFrame, similarity: pd.DataFrame | None, grid=PRIOR_BANDWIDTHS) -> float:
-    """The collaborative prior's bandwidth with the lowest mean :func:`top_pick_loss` over an inner
-    leave-one-dataset-out on the training datasets (ties: the widest, i.e. the most conservative). The grid spans
-    nearest-dataset (0) to global-best (``inf``), so the prior is whichever of these the history supports."""
+def choose_bandwidth(norm: pd.DataFrame, similarity: pd.DataFrame | None, regret: pd.DataFrame | None = None,
+                     grid=PRIOR_BANDWIDTHS, rule: str = "one-se") -> float:
+    """The collaborative prior's bandwidth with the lowest mean :func:`top_pick_loss` (on ``regret``, default
+    ``1 - norm``) over an inner leave-one-dataset-out on the training datasets, by :func:`pick_simplest`'s ``rule``
+    with the widest bandwidth as the simplest. The grid spans nearest-dataset (0) to global-best (``inf``), so the
+    prior is whichever of these the history supports."""
     if similarity is None or norm.shape[1] < 3:
         return np.inf
     datasets = list(norm.columns)
     s = _leave_self_out(similarity, datasets, datasets)
     values = norm.to_numpy(dtype=float)
+    losses = (1.0 - values) if regret is None else regret.reindex(index=norm.index, columns=datasets).to_numpy(float)
     overall = collaborative_scores(values, np.where(np.isnan(s), np.nan, 1.0), np.inf)
-    best, best_loss = np.inf, np.inf
-    for bandwidth in sorted(grid, reverse=True):
-        loss = float(np.nanmean(top_pick_loss(prior_scores(values, s, bandwidth, overall), values)))
-        if loss < best_loss - 1e-12:
-            best, best_loss = bandwidth, loss
-    return best
+    # widest first: the simplest prior (global-best) wins ties and, with the one-standard-error rule, near-ties
+    candidates = sorted(grid, reverse=True)
+    per_dataset = [top_pick_loss(prior_scores(values, s, bw, overall), losses) for bw in candidates]
+    return candidates[pick_simplest(per_dataset, rule)]
+
+
+def pick_simplest(per_dataset: list[np.ndarray], rule: str = "one-se") -> int:
+    """Index of the chosen candidate, candidates ordered from simplest to most complex, from their per-dataset
+    losses: ``min`` — the lowest mean loss (ties: the simpler); ``one-se`` — the simplest whose mean loss is within
+    one standard error of the lowest (Breiman et al.'s rule: a more complex choice must beat the simpler one by more
+    than the noise of its estimate)."""
+    means = np.array([np.nanmean(v) if np.isfinite(v).any() else np.inf for v in per_dataset])
+    best = int(np.argmin(np.round(means, 12)))
+    if rule == "min":
+        return best
+    if rule != "one-se":
+        raise ValueError(f"rule must be 'min' or 'one-se', not {rule!r}")
+    v = per_dataset[best][np.isfinite(per_dataset[best])]
+    se = float(np.std(v, ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
+    return int(np.flatnonzero(means <= means[best] + se + 1e-12)[0])
 
 
 # ------------------------------------------------------------------------------------------------ baselines
@@ -288,6 +320,12 @@ class MatchAndChoose(_Selector):
         inner cross-validation runs on a random subset of the models sized for a quarter as many pairs. Learning and
         choosing then cost about the same for 1,000 candidates as for 100, and every candidate is still scored.
         Histories of up to ``max_rows / 4`` pairs (TransferGraph's, the world's) are not subsampled.
+    criterion : "relative" or "normalised"
+        What the inner choices count as the loss of a pick (:func:`regret_matrix`): the report's relative regret, or
+        one minus min–max normalised quality; either way averaged with missing the best model (top-1).
+    rule : "one-se" or "min"
+        How an inner choice is made from its cross-validated losses (:func:`pick_simplest`): the simplest candidate
+        within one standard error of the best (the widest bandwidth, the fewest rounds), or the lowest mean loss.
     learning_rate, num_leaves, min_child_samples, colsample_bytree, n_grades, random_state : LightGBM's.
 
     The defaults were chosen on validation histories only (``mc_bench.validation``: the TransferGraph datasets
@@ -300,7 +338,9 @@ class MatchAndChoose(_Selector):
                  n_estimators: Literal["auto"] | int = "auto", objective: Literal["regression", "lambdarank"] = "regression",
                  inner_folds: int = 5, learning_rate: float = 0.1, num_leaves: int = 7, min_child_samples: int = 20,
                  colsample_bytree: float = 1.0, embedding_coordinates: bool = False, edge_threshold: float = 0.5,
-                 data_knn: int = 5, n_grades: int = 8, max_rows: int = 20000, random_state: int = 0):
+                 data_knn: int = 5, n_grades: int = 8, max_rows: int = 20000,
+                 criterion: Literal["relative", "normalised"] = "relative", rule: Literal["one-se", "min"] = "one-se",
+                 random_state: int = 0):
         self.embedding = embedding
         self.collaborative = collaborative
         self.prior = prior
@@ -316,6 +356,8 @@ class MatchAndChoose(_Selector):
         self.data_knn = data_knn
         self.n_grades = n_grades
         self.max_rows = max_rows
+        self.criterion = criterion
+        self.rule = rule
         self.random_state = random_state
 
     # -- features --------------------------------------------------------------------------------------
@@ -440,6 +482,7 @@ class MatchAndChoose(_Selector):
         return [sorted(datasets[i] for i in order[f::k]) for f in range(k)]
 
     def _choose_rounds(self, history: History, norm: pd.DataFrame) -> tuple[int, dict[int, float]]:
+        regret = regret_matrix(history, self.criterion)
         checkpoints = sorted(c for c in ROUND_CHECKPOINTS if c <= max(ROUND_CHECKPOINTS))
         losses: dict[int, list[float]] = {c: [] for c in checkpoints}
         for held in self._inner_folds(list(norm.columns)):
@@ -449,7 +492,7 @@ class MatchAndChoose(_Selector):
             x, y = self._training_rows(inner, inner_norm, embeddings)
             booster = self._train(x, y, checkpoints[-1]) if checkpoints[-1] > 0 else None
             xt = self._design(inner, inner_norm, embeddings, held)
-            truth = norm.reindex(history.models)[held].to_numpy(dtype=float)
+            truth = regret.reindex(history.models)[held].to_numpy(dtype=float)
             raw, done = xt.attrs["prior"].copy(), 0
             for c in checkpoints:  # each checkpoint adds the trees after the previous one: one pass in all
                 if c > done:
@@ -458,7 +501,7 @@ class MatchAndChoose(_Selector):
                 scores = raw.reshape(len(held), len(history.models)).T
                 losses[c].extend(v for v in top_pick_loss(scores, truth) if not np.isnan(v))
         mean = {c: float(np.mean(v)) if v else np.inf for c, v in losses.items()}
-        best = min(checkpoints, key=lambda c: (round(mean[c], 9), c))
+        best = checkpoints[pick_simplest([np.asarray(losses[c], dtype=float) for c in checkpoints], self.rule)]
         return best, mean
 
     # -- estimator API ---------------------------------------------------------------------------------
@@ -467,10 +510,11 @@ class MatchAndChoose(_Selector):
         self.history_ = history
         self.norm_ = history.normalised()
         sim = history.dataset_similarity()
+        regret = regret_matrix(history, self.criterion)
         if self.prior == "auto":
-            self.bandwidth_ = choose_bandwidth(self.norm_, sim)
+            self.bandwidth_ = choose_bandwidth(self.norm_, sim, regret, rule=self.rule)
         elif self.prior in ("global", "none"):
-            self.bandwidth_ = choose_bandwidth(self.norm_, sim) if self.collaborative else np.inf
+            self.bandwidth_ = choose_bandwidth(self.norm_, sim, regret, rule=self.rule) if self.collaborative else np.inf
         else:
             self.bandwidth_ = float(self.prior)
         self.embeddings_ = self._embed(history)
@@ -581,10 +625,12 @@ def conformal_shortlist(scores: pd.Series, threshold: float) -> list[str]:
     return list(scores[scores >= top - threshold - 1e-12].sort_values(ascending=False, kind="stable").index)
 
 
-def shortlist_coverage(lodo: pd.DataFrame, scores: pd.DataFrame, level: float = 0.9) -> pd.DataFrame:
+def shortlist_coverage(lodo: pd.DataFrame, scores: pd.DataFrame, level: float = 0.9,
+                       targets: list[str] | None = None) -> pd.DataFrame:
     """Empirical coverage and mean size of the conformal shortlist per method, leave-one-dataset-out: each held-out
-    dataset's shortlist is calibrated on the other held-out datasets' gaps, covers when its best model is inside,
-    and its size is the number of models scored within the threshold of the top."""
+    dataset's shortlist is calibrated on every *other* held-out dataset's gap, covers when its best model is inside,
+    and its size is the number of models scored within the threshold of the top. ``targets``: the datasets
+    reported (default: all of ``lodo``'s)."""
     rows = []
     for method, group in lodo.groupby("method", sort=False):
         gaps = group.set_index("dataset")["best_gap"].astype(float)
@@ -592,10 +638,10 @@ def shortlist_coverage(lodo: pd.DataFrame, scores: pd.DataFrame, level: float = 
             continue
         method_scores = scores[scores["method"] == method]
         covered, sizes = [], []
-        for dataset, gap in gaps.items():
+        for dataset in targets if targets is not None else list(gaps.index):
             threshold = shortlist_threshold(gaps.drop(dataset), level)
             s = method_scores.loc[method_scores["dataset"] == dataset, "score"].to_numpy()
-            covered.append(gap <= threshold + 1e-12)
+            covered.append(gaps[dataset] <= threshold + 1e-12)
             sizes.append(int((s >= s.max() - threshold - 1e-12).sum()))
         rows.append({"method": method, "shortlist_level": level, "shortlist_coverage": float(np.mean(covered)),
                      "shortlist_size": float(np.mean(sizes)), "n_models": float(group["n_models"].mean())})

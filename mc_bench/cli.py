@@ -139,17 +139,10 @@ def _selection_history(path: str, transfergraph: bool):
 
 
 def _images_as_new_dataset(history, images_arg: str, manifests_dir):
-    """Profile an image folder (or a manifest dataset) the way the history's datasets were profiled; returns the
-    history with the new dataset added, its id, and the seconds spent profiling."""
-    from .errors import HistoryError
-    from .profile import profile_new_dataset, read_profiles
+    """The history with an image folder (or a manifest dataset) added as a new dataset, profiled like the history's
+    datasets; its id and number of images."""
+    from .profile import add_image_dataset
 
-    if history.profiles is None:
-        raise HistoryError(history.source, "the history records no dataset profiles, so a new image folder cannot be "
-                           "compared with its datasets", "use a study folder (results/<profile>) or a history written "
-                           "by mc-bench run, whose history.yaml names its profiles folder")
-    profiles = read_profiles(history.profiles)
-    start = time.perf_counter()
     folder = Path(images_arg)
     if folder.is_dir():
         from .data import read_image_folder
@@ -161,17 +154,7 @@ def _images_as_new_dataset(history, images_arg: str, manifests_dir):
 
         images, captions = load_dataset_split(load_manifests(manifests_dir), images_arg, "train")
         dataset = images_arg
-    if dataset in history.datasets:  # a dataset of the history: recommend as if it were new
-        history = history.without_runs(dataset)
-    backbone = profiles.meta.get("backbone")
-    from .zoo import CLIP_DIR
-
-    features, similarity = profile_new_dataset(profiles, images, captions, None if backbone == CLIP_DIR else backbone)
-    if dataset not in history.dataset_features.index:
-        sim = history.dataset_similarity()
-        history = history.with_dataset(dataset, {k: v for k, v in features.items() if k in history.dataset_features},
-                                       similarity.reindex(sim.index).to_dict() if sim is not None else None)
-    return history, dataset, len(images), time.perf_counter() - start
+    return add_image_dataset(history, images, captions, dataset), dataset, len(images)
 
 
 def _shortlist_threshold(history, history_arg: str, level: float, method) -> tuple[float, str]:
@@ -216,7 +199,7 @@ def choose_cmd(args) -> int:
     held_out = dataset in history.datasets if dataset else False
     if args.images:
         held_out = args.images in history.datasets
-        history, dataset, n_images, profile_seconds = _images_as_new_dataset(history, args.images, args.manifests)
+        history, dataset, n_images = _images_as_new_dataset(history, args.images, args.manifests)
     sim = history.dataset_similarity()
     known = set(history.dataset_features.index) | set(sim.index if sim is not None else [])
     if dataset not in known:

@@ -21,7 +21,8 @@ modalities), kept for the ablation. Tables written by :func:`write_profiles` (sc
     dataset_features.csv   dataset, n_train, n_profiled, n_captions, words_per_caption, vocabulary, brightness,
                            contrast, colourfulness, saturation, edge_density, clip_pc0 … clip_pcK
     embeddings.csv         dataset, kind (image|caption), e0 … eD   (mean L2-normalised features)
-    distributions.parquet  dataset, modality, n, mean (list), cov (list, row-major D×D)
+    distributions.parquet  dataset, modality, n, mean (list of D), cov_upper (list: the covariance's upper triangle,
+                           row-major, diagonal included)
     distances.csv          dataset_a, dataset_b, modality, frechet  (every unordered pair)
     similarity.csv         square matrix, first column = dataset ids (kind: similarity, larger = closer)
     profile.json           how it was made: backbone, its weights' SHA-256, resolution, similarity kind, scales,
@@ -50,7 +51,7 @@ class DatasetProfiles:
     features: pd.DataFrame  # one row per dataset
     embeddings: pd.DataFrame  # dataset, kind, e0..eD (mean features)
     similarity: pd.DataFrame  # dataset × dataset
-    distributions: pd.DataFrame = field(default_factory=pd.DataFrame)  # dataset, modality, n, mean, cov
+    distributions: pd.DataFrame = field(default_factory=pd.DataFrame)  # dataset, modality, n, mean, cov_upper
     distances: pd.DataFrame = field(default_factory=pd.DataFrame)  # dataset_a, dataset_b, modality, frechet
     meta: dict = field(default_factory=dict)
 
@@ -121,6 +122,13 @@ def frechet(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) 
 
     eye = np.eye(len(a[0])) * COV_EPS
     return max(float(frechet_distance(a[0], a[1] + eye, b[0], b[1] + eye)), 0.0)
+
+
+def _symmetric(upper, dims: int) -> np.ndarray:
+    """A symmetric matrix from its upper triangle (row-major, diagonal included), as ``distributions`` stores it."""
+    out = np.zeros((dims, dims))
+    out[np.triu_indices(dims)] = np.asarray(upper, dtype=float)
+    return out + np.triu(out, 1).T
 
 
 def _cosine(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -221,8 +229,9 @@ def _assemble(profiled: dict[str, _Profiled], info: dict, n_components: int, sim
     dims = means["image"].shape[1]
     emb_rows = [{"dataset": d, "kind": m, **{f"e{j}": float(v[j]) for j in range(dims)}}
                 for m in MODALITIES for d, v in zip(ids, means[m])]
+    upper = np.triu_indices(dims)
     distributions = pd.DataFrame([{"dataset": d, "modality": m, "n": len(profiled[d].feats[m]),
-                                   "mean": stats[m][d][0].tolist(), "cov": stats[m][d][1].reshape(-1).tolist()}
+                                   "mean": stats[m][d][0].tolist(), "cov_upper": stats[m][d][1][upper].tolist()}
                                   for m in MODALITIES for d in ids])
     meta = {**info, "similarity": similarity, "modalities": list(MODALITIES), "scales": scales,
             "max_images": max_images, "cov_eps": COV_EPS,
@@ -277,8 +286,7 @@ def profile_new_dataset(profiles: DatasetProfiles, images: list[np.ndarray], cap
     for m in MODALITIES:
         mine = gaussian(new.feats[m])
         rows = profiles.distributions[profiles.distributions["modality"] == m].set_index("dataset")
-        dims = len(mine[0])
-        dist = pd.Series({d: frechet(mine, (np.asarray(r["mean"]), np.asarray(r["cov"]).reshape(dims, dims)))
+        dist = pd.Series({d: frechet(mine, (np.asarray(r["mean"]), _symmetric(r["cov_upper"], len(mine[0]))))
                           for d, r in rows.iterrows()})
         if meta.get("similarity", "frechet") == "frechet":
             sims.append(np.exp(-dist / meta["scales"][m]))
@@ -293,6 +301,30 @@ def profile_new_dataset(profiles: DatasetProfiles, images: list[np.ndarray], cap
         for i, value in enumerate((joint - np.asarray(pca["centre"])) @ np.asarray(pca["components"]).T):
             row[f"clip_pc{i}"] = float(value)
     return row, similarity
+
+
+def add_image_dataset(history, images: list[np.ndarray], captions: list[str], dataset: str):
+    """``history`` (a :class:`~mc_bench.history.History` whose ``profiles`` folder is known) with a new dataset made
+    from ``images`` and ``captions``: profiled like the history's datasets (:func:`profile_new_dataset`, the backbone
+    recorded in ``profile.json``), with its features and its similarity to every profiled dataset. A dataset of the
+    history keeps its profile and loses its runs (it is recommended for as if it were new)."""
+    from .errors import HistoryError
+    from .zoo import CLIP_DIR
+
+    if history.profiles is None:
+        raise HistoryError(history.source, "the history records no dataset profiles, so a new image folder cannot be "
+                           "compared with its datasets", "use a study folder (results/<profile>) or a history written "
+                           "by mc-bench run, whose history.yaml names its profiles folder")
+    if dataset in history.datasets:
+        return history.without_runs(dataset)
+    profiles = read_profiles(history.profiles)
+    backbone = profiles.meta.get("backbone")
+    features, similarity = profile_new_dataset(profiles, images, captions, None if backbone == CLIP_DIR else backbone)
+    if dataset in history.dataset_features.index:  # profiled already (e.g. a pretraining dataset): keep it
+        return history
+    sim = history.dataset_similarity()
+    return history.with_dataset(dataset, {k: v for k, v in features.items() if k in history.dataset_features},
+                                similarity.reindex(sim.index).to_dict() if sim is not None else None)
 
 
 # ------------------------------------------------------------------------------------------- files

@@ -6,7 +6,9 @@ import pytest
 from sklearn.base import clone
 
 from mc_bench.choose import (GlobalBest, HistoryWeighted, MatchAndChoose, NearestDataset, RandomChoice,
-                             ablations, default_methods, leave_one_dataset_out)
+                             ablations, choose_bandwidth, conformal_shortlist, default_methods,
+                             leave_one_dataset_out, pick_simplest, regret_matrix, shortlist_coverage,
+                             shortlist_threshold, top_pick_loss)
 from mc_bench.graph import Node2Vec, SpectralGraphEmbedding, build_matching_graph, dataset_node, model_node
 from mc_bench.synthetic import synthetic_history
 
@@ -195,3 +197,72 @@ def test_lodo_is_identical_across_processes_threads_and_jobs(tmp_path):
     a, b = tables
     pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=0, atol=1e-9)
     assert len(a) == 20 and a["hit@1"].notna().all()
+
+
+def test_shortlist_threshold_is_the_conformal_quantile():
+    gaps = [0.0, 0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
+    assert shortlist_threshold(gaps, 0.8) == 0.6  # ceil((9 + 1) * 0.8) = 8th smallest
+    assert shortlist_threshold(gaps, 0.5) == 0.3  # 5th smallest
+    assert shortlist_threshold(gaps[:3], 0.9) == np.inf  # ceil(4 * 0.9) = 4 > 3 calibration datasets
+    scores = pd.Series({"a": 1.0, "b": 0.7, "c": 0.35, "d": 0.3})
+    assert conformal_shortlist(scores, 0.3) == ["a", "b"]
+    assert conformal_shortlist(scores, 0.0) == ["a"]
+    assert conformal_shortlist(scores, np.inf) == ["a", "b", "c", "d"]
+
+
+def test_shortlist_coverage_and_size(small):
+    lodo, scores = leave_one_dataset_out(small, {"HW": HistoryWeighted(bandwidth=1.0)}, return_scores=True)
+    assert set(scores.columns) >= {"method", "dataset", "model", "score", "quality"} and len(scores) == 6 * 8
+    table = shortlist_coverage(lodo, scores, level=0.5)
+    gaps = lodo.set_index("dataset")["best_gap"]
+    expected = np.mean([gaps[d] <= shortlist_threshold(gaps.drop(d), 0.5) for d in gaps.index])
+    assert table["shortlist_coverage"].iloc[0] == pytest.approx(expected)
+    assert 1 <= table["shortlist_size"].iloc[0] <= 8
+    # the gap is 0 exactly when the best model was picked
+    assert ((lodo["best_gap"] == 0) == (lodo["hit@1"] == 1)).all()
+
+
+def test_pick_simplest_one_standard_error_rule():
+    flat = [np.array([0.40, 0.60, 0.50, 0.50]), np.array([0.39, 0.59, 0.49, 0.49])]  # within noise
+    assert pick_simplest(flat, "min") == 1 and pick_simplest(flat, "one-se") == 0
+    clear = [np.array([0.9, 0.8, 0.85, 0.9]), np.array([0.1, 0.15, 0.1, 0.12])]
+    assert pick_simplest(clear, "one-se") == 1
+
+
+def test_regret_matrix_and_top_pick_loss():
+    from mc_bench.history import History
+
+    runs = pd.DataFrame({"model": ["a", "b", "c"] * 3, "dataset": np.repeat(["x", "y", "z"], 3),
+                         "fid": [10.0, 20.0, 40.0, 5.0, 5.0, 50.0, 30.0, 15.0, 60.0]})
+    h = History.from_tables(runs, {"fid": "lower"})
+    r = regret_matrix(h)
+    assert r.loc["b", "x"] == pytest.approx(1.0) and r.loc["a", "y"] == 0 and r.loc["b", "y"] == 0
+    assert r.loc["a", "z"] == pytest.approx(1.0) and r.loc["c", "z"] == pytest.approx(3.0)
+    scores = np.array([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [0.5, 0.0, 0.0]])  # picks a, b (tied best), a
+    loss = top_pick_loss(scores, r.to_numpy())
+    np.testing.assert_allclose(loss, [0.0, 0.0, 0.5 + 0.5 * 1.0])
+
+
+def test_prior_bandwidth_follows_the_history():
+    """Where the nearest dataset always shares the winner the prior becomes local; where one model wins everywhere
+    it stays global-best."""
+    rng = np.random.default_rng(0)
+    models, datasets = [f"m{i}" for i in range(6)], [f"d{j}" for j in range(12)]
+    clusters = np.arange(12) // 2  # pairs of near-identical datasets, each pair with its own winner
+    quality = rng.uniform(0.3, 0.5, size=(6, 12))
+    quality[clusters % 6, np.arange(12)] = 0.9
+    values = np.where(clusters[:, None] == clusters[None, :], 0.95, 0.1)
+    np.fill_diagonal(values, 1.0)
+    sim = pd.DataFrame(values, index=datasets, columns=datasets)
+    runs = pd.DataFrame({"model": np.repeat(models, 12), "dataset": np.tile(datasets, 6),
+                         "acc": quality.reshape(-1)})
+    from mc_bench.history import History
+
+    h = History.from_tables(runs, {"acc": "higher"}, similarity=sim)
+    local = choose_bandwidth(h.normalised(), h.dataset_similarity(), regret_matrix(h))
+    assert local <= 0.3  # as good as the nearest dataset alone here; the widest such bandwidth is chosen
+    quality[:] = rng.uniform(0.3, 0.5, size=(6, 12))
+    quality[2] = 0.9  # one model is best everywhere
+    runs["acc"] = quality.reshape(-1)
+    h = History.from_tables(runs, {"acc": "higher"}, similarity=sim)
+    assert choose_bandwidth(h.normalised(), h.dataset_similarity(), regret_matrix(h)) == np.inf
