@@ -27,7 +27,7 @@ import pandas as pd
 
 from mc_bench.choose import (GlobalBest, HistoryWeighted, MatchAndChoose, NearestDataset, leave_one_dataset_out)
 from mc_bench.config import REPO_ROOT
-from mc_bench.graph import Node2Vec
+from mc_bench.graph import Node2Vec, SpectralGraphEmbedding
 from mc_bench.validation import validation_histories
 
 BASELINES = ("global-best", "history-weighted", "nearest-dataset")
@@ -45,12 +45,12 @@ def candidates() -> dict:
         "3 inner folds (not 5)": MatchAndChoose(inner_folds=3),
         "0 rounds (prior only)": MatchAndChoose(n_estimators=0),
         "150 rounds (no inner choice)": MatchAndChoose(n_estimators=150),
-        "node2vec (not spectral)": MatchAndChoose(embedding=Node2Vec()),
-        "no embedding": MatchAndChoose(embedding=None),
+        "spectral embedding (not none)": MatchAndChoose(embedding=SpectralGraphEmbedding()),
+        "node2vec embedding (not none)": MatchAndChoose(embedding=Node2Vec()),
         "lambdarank (not regression)": MatchAndChoose(objective="lambdarank"),
         "no collaborative features": MatchAndChoose(collaborative=False),
         "prior: global (not auto)": MatchAndChoose(prior="global"),
-        "metadata-only": MatchAndChoose(embedding=None, collaborative=False, prior="none"),
+        "metadata-only": MatchAndChoose(collaborative=False, prior="none"),
     }
 
 

@@ -28,7 +28,7 @@ import pandas as pd
 
 from mc_bench.choose import MatchAndChoose, ablations, default_methods, leave_one_dataset_out
 from mc_bench.config import REPO_ROOT
-from mc_bench.graph import Node2Vec
+from mc_bench.graph import Node2Vec, SpectralGraphEmbedding
 from mc_bench.history import from_transfergraph, transfergraph_targets
 
 METRICS = ["rel@1", "rel@2", "rel@3", "rel@4", "rel@5", "top@1", "top@2", "top@3", "top@4", "top@5", "pearson"]
@@ -53,8 +53,8 @@ def published(folder: Path) -> pd.DataFrame:
 def methods() -> dict:
     out = default_methods()
     out.update({
+        "M&C (spectral embedding)": MatchAndChoose(embedding=SpectralGraphEmbedding()),
         "M&C (node2vec embedding)": MatchAndChoose(embedding=Node2Vec()),
-        "M&C (no embedding)": MatchAndChoose(embedding=None),
         "M&C (lambdarank)": MatchAndChoose(objective="lambdarank"),
         "M&C (prior only, 0 rounds)": MatchAndChoose(n_estimators=0),
         "M&C (prior: global)": MatchAndChoose(prior="global"),

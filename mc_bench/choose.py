@@ -4,14 +4,15 @@ Every selector follows the scikit-learn estimator API: ``fit(history)`` learns f
 :class:`~mc_bench.history.History` and returns ``self``; ``predict(dataset)`` returns one score per model
 (larger = recommended). Fitted attributes end in ``_``; ``__init__`` only stores parameters.
 
-* :class:`MatchAndChoose` — the paper's method: a LightGBM ranker over features of the model, of the dataset, their
-  affinity in a graph embedding of the matching graph, and collaborative scores from the other datasets' runs
-  (stacking). Boosting starts from a collaborative prior, and both the prior's bandwidth and the number of boosting
-  rounds are chosen inside ``fit`` by cross-validation over the *training* datasets (0 rounds = the prior alone),
-  so a fold never sees its target and the ranker only departs from the prior where that helped on held-out data.
+* :class:`MatchAndChoose` — the paper's method: a LightGBM ranker over features of the model, of the dataset, and
+  of the pair read off the matching graph — collaborative scores from the other datasets' runs (stacking) and,
+  optionally, the pair's affinity in a graph embedding. Boosting starts from a collaborative prior, and both the
+  prior's bandwidth and the number of boosting rounds are chosen inside ``fit`` by cross-validation over the
+  *training* datasets (0 rounds = the prior alone), so a fold never sees its target and the ranker only departs
+  from the prior where that helped on held-out data.
 * Baselines: :class:`RandomChoice` (scored by its exact expectation), :class:`GlobalBest`,
-  :class:`NearestDataset`, :class:`HistoryWeighted`; "metadata-only" is ``MatchAndChoose(embedding=None,
-  collaborative=False, prior="none")``: the same ranker on model and dataset features alone.
+  :class:`NearestDataset`, :class:`HistoryWeighted`; "metadata-only" is ``MatchAndChoose(collaborative=False,
+  prior="none")``: the same ranker on model and dataset features alone.
 
 :func:`leave_one_dataset_out` holds out each dataset in turn: the fold's history has none of its runs, so none
 of them can reach the graph, the features or the ranker. Results do not depend on the process, the number of BLAS
@@ -280,14 +281,14 @@ def history_weighted_scores(norm: pd.DataFrame, similarity: pd.Series, bandwidth
 
 
 class MatchAndChoose(_Selector):
-    """Match & Choose: a LightGBM ranker over model features, dataset features, graph-embedding affinities and
-    collaborative scores, boosted from a collaborative prior.
+    """Match & Choose: a LightGBM ranker over model features, dataset features and collaborative scores read off the
+    matching graph (optionally a graph-embedding affinity), boosted from a collaborative prior.
 
     For every (model, dataset) pair the ranker sees:
 
     * the model's features (``m_*``) and the dataset's (``d_*``);
-    * ``affinity`` — the cosine of the model's and the dataset's nodes in a graph embedding of the matching graph
-      (the paper's graph embeddings; ``embedding_coordinates`` adds the raw coordinates);
+    * ``affinity`` (with an ``embedding``) — the cosine of the model's and the dataset's nodes in a graph embedding
+      of the matching graph (the paper's graph embeddings; ``embedding_coordinates`` adds the raw coordinates);
     * collaborative scores from the *other* datasets' runs (``collaborative``): the model's mean normalised quality
       (``global_mean``), its similarity-weighted mean (``weighted_mean``, the prior's bandwidth), the quality on the
       most similar dataset (``nearest``), and the similarity of the dataset to the model's pretraining data
@@ -303,9 +304,13 @@ class MatchAndChoose(_Selector):
 
     Parameters
     ----------
-    embedding : SpectralGraphEmbedding, Node2Vec or None
-        Graph embedding of the matching graph (cloned and fitted in ``fit``). The default, Laplacian eigenmaps, is
-        deterministic to the last digit that matters on any machine; node2vec's float32 skip-gram is not.
+    embedding : None, SpectralGraphEmbedding or Node2Vec
+        A graph embedding of the matching graph (cloned and fitted in ``fit``) whose model–dataset cosine becomes the
+        ``affinity`` feature. ``None`` by default: on the validation histories the learned embeddings did not add to
+        the collaborative scores — which already read the matching graph one and two hops out (a dataset's
+        similarity edges, its neighbours' performance edges, a model's pretraining edges) — so the default is the
+        simpler ranker (ablations keep both embeddings). Laplacian eigenmaps are deterministic to the last digit
+        that matters on any machine; node2vec's float32 skip-gram is not.
     collaborative : bool
         Add the collaborative scores as features (stacking).
     prior : "auto", "global", "none" or a float bandwidth
@@ -333,7 +338,7 @@ class MatchAndChoose(_Selector):
     on the datasets that are reported.
     """
 
-    def __init__(self, embedding=SpectralGraphEmbedding(), collaborative: bool = True,
+    def __init__(self, embedding=None, collaborative: bool = True,
                  prior: Literal["auto", "global", "none"] | float = "auto",
                  n_estimators: Literal["auto"] | int = "auto", objective: Literal["regression", "lambdarank"] = "regression",
                  inner_folds: int = 5, learning_rate: float = 0.1, num_leaves: int = 7, min_child_samples: int = 20,
@@ -546,7 +551,7 @@ def default_methods() -> dict[str, _Selector]:
     """M&C with its defaults and every baseline, as evaluated in the report."""
     return {
         "M&C": MatchAndChoose(),
-        "metadata-only": MatchAndChoose(embedding=None, collaborative=False, prior="none"),
+        "metadata-only": MatchAndChoose(collaborative=False, prior="none"),
         "history-weighted": HistoryWeighted(),
         "nearest-dataset": NearestDataset(),
         "global-best": GlobalBest(),
@@ -665,7 +670,8 @@ def ablations(history: History, targets: list[str] | None = None, base: MatchAnd
         ("embedding", "none"): clone(base).set_params(embedding=None),
         ("embedding", "spectral"): clone(base).set_params(embedding=SpectralGraphEmbedding()),
         ("embedding", "node2vec"): clone(base).set_params(embedding=Node2Vec()),
-        ("embedding coordinates", "on"): clone(base).set_params(embedding_coordinates=True),
+        ("embedding coordinates", "spectral, on"): clone(base).set_params(embedding=SpectralGraphEmbedding(),
+                                                                         embedding_coordinates=True),
         ("objective", "lambdarank"): clone(base).set_params(objective="lambdarank"),
         ("collaborative features", "off"): clone(base).set_params(collaborative=False),
         ("prior", "none"): clone(base).set_params(prior="none"),
