@@ -136,6 +136,11 @@ def prior_scores(norm: np.ndarray, similarity: np.ndarray, bandwidth: float,
     weighted = collaborative_scores(norm, similarity, NEAREST_BANDWIDTH if bandwidth == 0 else bandwidth)
     if overall is None:
         overall = collaborative_scores(norm, np.where(np.isnan(similarity), np.nan, 1.0), np.inf)
+    return _with_fallback(weighted, overall)
+
+
+def _with_fallback(weighted: np.ndarray, overall: np.ndarray) -> np.ndarray:
+    """Similarity-weighted scores, gaps filled by the global mean, ties broken by it."""
     overall = np.nan_to_num(overall, nan=0.0)
     return np.where(np.isnan(weighted), overall, weighted) + 1e-6 * overall
 
@@ -401,8 +406,7 @@ class MatchAndChoose(_Selector):
             s = _leave_self_out(sim, targets, list(norm.columns))
             weighted = collaborative_scores(values, s, NEAREST_BANDWIDTH if self.bandwidth_ == 0 else self.bandwidth_)
             nearest = weighted if self.bandwidth_ == 0 else collaborative_scores(values, s, NEAREST_BANDWIDTH)
-            filled = np.nan_to_num(overall, nan=0.0)
-            prior = np.where(np.isnan(weighted), filled, weighted) + 1e-6 * filled  # = prior_scores(...)
+            prior = _with_fallback(weighted, overall)
         else:
             weighted = nearest = np.full((n_m, n_t), np.nan)
             prior = np.nan_to_num(overall, nan=0.0)
@@ -488,7 +492,7 @@ class MatchAndChoose(_Selector):
 
     def _choose_rounds(self, history: History, norm: pd.DataFrame) -> tuple[int, dict[int, float]]:
         regret = regret_matrix(history, self.criterion)
-        checkpoints = sorted(c for c in ROUND_CHECKPOINTS if c <= max(ROUND_CHECKPOINTS))
+        checkpoints = sorted(ROUND_CHECKPOINTS)
         losses: dict[int, list[float]] = {c: [] for c in checkpoints}
         for held in self._inner_folds(list(norm.columns)):
             inner = history.without_runs(held)

@@ -51,8 +51,9 @@ def world_datasets(args) -> int:
         print(json.dumps(rows, indent=1))
     else:
         _print_table(rows, ["id", "role", "domain", "n_images", "example_caption"])
-        n_src = sum(r["role"] == "source" for r in rows)
-        print(f"\n{len(rows)} datasets ({n_src} source, {len(rows) - n_src} target) at "
+        roles = {role: sum(r["role"] == role for r in rows) for role in ("source", "target", "validation")}
+        print(f"\n{len(rows)} datasets ({roles['source']} source, {roles['target']} target, {roles['validation']} "
+              f"validation) at "
               f"{manifests.world.resolution}x{manifests.world.resolution} in {root} ({elapsed:.1f} s); "
               f"contact sheets in {results}")
     return 0
