@@ -75,11 +75,12 @@ def collaborative_scores(norm: np.ndarray, similarity: np.ndarray, bandwidth: fl
     if np.isinf(bandwidth):
         w = usable.astype(float)
     else:
-        filled = np.where(usable, s, np.nan)
-        with np.errstate(all="ignore"):
-            s_max = np.nanmax(filled, axis=1, keepdims=True)
-            spread = np.maximum(s_max - np.nanmin(filled, axis=1, keepdims=True), 1e-9)
-        w = np.where(usable, np.exp((np.where(usable, s, 0.0) - np.nan_to_num(s_max)) / (bandwidth * spread)), 0.0)
+        with np.errstate(all="ignore"):  # a target with no usable dataset gets no weights at all
+            s_max = np.max(np.where(usable, s, -np.inf), axis=1, keepdims=True)
+            s_min = np.min(np.where(usable, s, np.inf), axis=1, keepdims=True)
+            spread = np.where(np.isfinite(s_max), np.maximum(s_max - s_min, 1e-9), 1.0)
+            s_max = np.where(np.isfinite(s_max), s_max, 0.0)
+            w = np.where(usable, np.exp((np.where(usable, s, 0.0) - s_max) / (bandwidth * spread)), 0.0)
     observed = ~np.isnan(norm)
     num = np.where(observed, norm, 0.0) @ w.T
     den = observed.astype(float) @ w.T
