@@ -25,10 +25,11 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from mc_bench.choose import GlobalBest, HistoryWeighted, NearestDataset
-from mc_bench.config import REPO_ROOT, load_manifests
-from mc_bench.data import read_world_split
-from mc_bench.history import load_history
+from mc_bench.select.choose import GlobalBest, HistoryWeighted, NearestDataset
+from mc_bench.config import load_manifests
+from mc_bench.paths import REPO_ROOT
+from mc_bench.world.data import read_world_split
+from mc_bench.select.history import load_history
 from mc_bench.profile import add_image_dataset
 
 TARGETS = ("animals-brown", "glyphs-vowels-bold", "shapes-large", "photos-astronaut-closeup")

@@ -26,9 +26,9 @@ def main() -> None:
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     from mc_bench.config import load_manifests
-    from mc_bench.data import dataset_folder
+    from mc_bench.world.data import dataset_folder
     from mc_bench.evaluate import PrecomputedFeatures, extract, make_extractor
-    from mc_bench.finetune import load_dataset_split
+    from mc_bench.world.data import load_dataset_split
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--a", default="shapes-new")

@@ -5,10 +5,10 @@
 
 The plain loop is what diffusers' ``train_text_to_image_lora.py`` does per step, written out here: a batch of
 images -> VAE posterior sample × scaling factor, text-encoder states, noise and timesteps, ``add_noise``, UNet,
-MSE against the scheduler's target, backward, clip, AdamW, schedule. Ours is :class:`mc_bench.finetune.Trainer`
+MSE against the scheduler's target, backward, clip, AdamW, schedule. Ours is :class:`mc_bench.train.finetune.Trainer`
 (the same work plus data order, crops and flips from a checkpointable generator, caption dropout, loss log).
 Both are timed over the same number of steps after a warm-up, alternating three rounds; the medians are compared.
-Also prints sampling speed (images per second) of :func:`mc_bench.generate.generate`.
+Also prints sampling speed (images per second) of :func:`mc_bench.train.generate.generate`.
 The last line reads ``ratio=<ours/plain>`` (goal ≤ 1.05).
 """
 
@@ -30,7 +30,7 @@ def plain_loop(pipe, images: np.ndarray, captions: list[str], steps: int, batch:
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
 
-    from mc_bench.finetune import add_lora
+    from mc_bench.train.finetune import add_lora
     from mc_bench.config import TrainSettings
 
     unet, vae, text_encoder, tokenizer = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer
@@ -72,8 +72,10 @@ def plain_loop(pipe, images: np.ndarray, captions: list[str], steps: int, batch:
 
 def main() -> None:
     from mc_bench.config import GenerateSettings, load_manifests
-    from mc_bench.finetune import Trainer, build_config, load_dataset_split, load_pipeline
-    from mc_bench.generate import generate
+    from mc_bench.train.finetune import Trainer
+    from mc_bench.train.runs import build_config, load_pipeline
+    from mc_bench.world.data import load_dataset_split
+    from mc_bench.train.generate import generate
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="zoo-large-natural")

@@ -14,9 +14,9 @@ import argparse
 import time
 import warnings
 
-from mc_bench.choose import MatchAndChoose, leave_one_dataset_out
-from mc_bench.graph import SpectralGraphEmbedding, matching_sparse_graph
-from mc_bench.synthetic import synthetic_history
+from mc_bench.select.choose import MatchAndChoose, leave_one_dataset_out
+from mc_bench.select.graph import SpectralGraphEmbedding, matching_sparse_graph
+from mc_bench.select.synthetic import synthetic_history
 
 GOAL_SECONDS = 60.0
 

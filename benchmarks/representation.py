@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from mc_bench.config import REPO_ROOT, load_manifests
+from mc_bench.config import load_manifests
+from mc_bench.paths import REPO_ROOT
 from mc_bench.profile import read_profiles, similarity_from_profiles
 from mc_bench.study import nearest_datasets
-from mc_bench.validation import WORLD_VALIDATION_HISTORY
+from mc_bench.select.validation import WORLD_VALIDATION_HISTORY
 
 VARIANTS = {"frechet, image + caption (default)": ("frechet", ("image", "caption")),
             "frechet, image only": ("frechet", ("image",)), "frechet, caption only": ("frechet", ("caption",)),

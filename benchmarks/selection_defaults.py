@@ -25,10 +25,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from mc_bench.choose import (GlobalBest, HistoryWeighted, MatchAndChoose, NearestDataset, leave_one_dataset_out)
-from mc_bench.config import REPO_ROOT
-from mc_bench.graph import Node2Vec, SpectralGraphEmbedding
-from mc_bench.validation import validation_histories
+from mc_bench.select.choose import (GlobalBest, HistoryWeighted, MatchAndChoose, NearestDataset, leave_one_dataset_out)
+from mc_bench.paths import REPO_ROOT
+from mc_bench.select.graph import Node2Vec, SpectralGraphEmbedding
+from mc_bench.select.validation import validation_histories
 
 BASELINES = ("global-best", "history-weighted", "nearest-dataset")
 

@@ -2,7 +2,7 @@
 
     python benchmarks/selection_report.py [--jobs 2] [--out results/selection]
 
-Reported histories (``mc_bench.validation.reported_histories``): TransferGraph's image records held out on the 8
+Reported histories (``mc_bench.select.validation.reported_histories``): TransferGraph's image records held out on the 8
 datasets of its published table, the committed cpu-paper study (32 datasets), synthetic histories with seeds 0-2.
 None of their targets chose a default (``benchmarks/selection_defaults.py`` did, on validation histories).
 
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from mc_bench.choose import default_methods, leave_one_dataset_out, shortlist_coverage
-from mc_bench.config import REPO_ROOT
-from mc_bench.validation import reported_histories
+from mc_bench.select.choose import default_methods, leave_one_dataset_out, shortlist_coverage
+from mc_bench.paths import REPO_ROOT
+from mc_bench.select.validation import reported_histories
 
 BASELINES = ("global-best", "history-weighted", "nearest-dataset")
 

@@ -4,14 +4,14 @@
 
 FOLDER (default: ../shared/external/transfergraph/image_classification) holds records.csv,
 model_config_dataset.csv, target_dataset_features.csv, corr_domain_similarity_*.csv and published_results/.
-The history is imported unchanged (mc_bench.history.from_transfergraph) and every method runs with its
+The history is imported unchanged (mc_bench.select.history.from_transfergraph) and every method runs with its
 defaults, leave-one-dataset-out over the target datasets of the published tables (each fold learns from the
 other 12 datasets). Writes to DIR (default results/transfergraph/):
 
 * ``comparison.csv`` — tidy: source (mc_bench | published), method, metric, dataset, value; the dataset
   ``mean`` is the mean over the published targets (the published ``average`` column is kept as ``published_average``);
 * ``summary.csv`` — one row per (source, method), the mean of each metric; printed;
-* with ``--ablations``: ``ablations.csv`` (mc_bench.choose.ablations: embedding, objective, pairwise features,
+* with ``--ablations``: ``ablations.csv`` (mc_bench.select.choose.ablations: embedding, objective, pairwise features,
   model-ratio and history-ratio sweeps) and ``ablations_summary.csv`` (means per ablation, value and method).
 
 The last line printed is ``rel@1=<mean> pearson=<mean>`` for the default M&C configuration.
@@ -26,10 +26,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from mc_bench.choose import MatchAndChoose, ablations, default_methods, leave_one_dataset_out
-from mc_bench.config import REPO_ROOT
-from mc_bench.graph import Node2Vec, SpectralGraphEmbedding
-from mc_bench.history import from_transfergraph, transfergraph_targets
+from mc_bench.select.choose import MatchAndChoose, ablations, default_methods, leave_one_dataset_out
+from mc_bench.paths import REPO_ROOT
+from mc_bench.select.graph import Node2Vec, SpectralGraphEmbedding
+from mc_bench.select.history import from_transfergraph, transfergraph_targets
 
 METRICS = ["rel@1", "rel@2", "rel@3", "rel@4", "rel@5", "top@1", "top@2", "top@3", "top@4", "top@5", "pearson"]
 DEFAULT_FOLDER = REPO_ROOT.parent / "shared" / "external" / "transfergraph" / "image_classification"

@@ -4,7 +4,7 @@
                                    [--models id,id --update]
 
 For every (zoo model, target, seed): full fine-tuning of the UNet on the target's train split (the zoo's own
-diffusion objective, mc_bench.zoo.train_unet), then images for the target's held-out captions, scored with the
+diffusion objective, mc_bench.train.pretrain.train_unet), then images for the target's held-out captions, scored with the
 tiny CLIP: CLIP score (torchmetrics CLIPScore) and caption-retrieval top-1 among the target's distinct captions.
 Writes results/zoo/probe.csv (with ``--models ... --update``: reruns only those models and keeps the other
 models' rows of the existing file; every run is deterministic, so this equals a full rerun) and prints (a) the best model per target and how many targets each model wins, and
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mc_bench.config import REPO_ROOT
+from mc_bench.paths import REPO_ROOT
 
 TARGETS = "animals-farm,digits-colour,glyphs-lower,shapes-new,textures-tinted,photos-cat"
 
@@ -35,9 +35,11 @@ def run_one(model_id: str, target: str, seed: int, steps: int, n_samples: int) -
     from torchmetrics.multimodal.clip_score import CLIPScore
 
     from mc_bench.config import load_manifests
-    from mc_bench.data import read_world_split
-    from mc_bench.tinyclip import load_clip, retrieval_accuracy
-    from mc_bench.zoo import CLIP_DIR, WORLD_MODELS, sample, train_unet
+    from mc_bench.world.data import read_world_split
+    from mc_bench.world.tinyclip import load_clip, retrieval_accuracy
+    from mc_bench.paths import CLIP_DIR, WORLD_MODELS
+    from mc_bench.train.pretrain import train_unet
+    from mc_bench.world.zoo import sample
 
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
@@ -64,7 +66,7 @@ def run_one(model_id: str, target: str, seed: int, steps: int, n_samples: int) -
 def main() -> None:
     from scipy.stats import spearmanr
 
-    from mc_bench.zoo import ZOO
+    from mc_bench.world.zoo import ZOO
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--targets", default=TARGETS)

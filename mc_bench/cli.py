@@ -8,8 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-from .config import REPO_ROOT, cache_dir, load_manifests
+from .config import load_manifests
 from .errors import McBenchError
+from .paths import REPO_ROOT, cache_dir, study_dir_for
 
 
 def _print_table(rows: list[dict], columns: list[str]) -> None:
@@ -23,9 +24,9 @@ def _print_table(rows: list[dict], columns: list[str]) -> None:
 
 
 def world_datasets(args) -> int:
-    from .data import read_split, validate_folder
-    from .report import contact_sheet, labelled_rows, save_png
-    from .world import build_dataset, world_folder
+    from .images import contact_sheet, labelled_rows, save_png
+    from .world.data import read_split, validate_folder
+    from .world.generators import build_dataset, world_folder
 
     manifests = load_manifests(args.manifests)
     root = Path(args.cache) if args.cache else cache_dir()
@@ -64,7 +65,8 @@ def world_zoo(args) -> int:
     import shutil
 
     from .errors import ManifestError
-    from .zoo import build_world_models, contact_sheets, model_metadata, retrieval_table, write_models_manifest, zoo_records
+    from .train.pretrain import build_world_models
+    from .world.zoo import contact_sheets, model_metadata, retrieval_table, write_models_manifest, zoo_records
 
     root = Path(args.root)
     manifests = load_manifests(args.manifests, check_profiles=False)  # models.yaml is rewritten below
@@ -103,7 +105,7 @@ def world_zoo(args) -> int:
 
 
 def validate(args) -> int:
-    from .data import dataset_folder, validate_folder
+    from .world.data import dataset_folder, validate_folder
 
     manifests = load_manifests(args.manifests)
     checked = 0
@@ -126,7 +128,7 @@ def validate(args) -> int:
 def _selection_history(path: str, transfergraph: bool):
     """A history folder (history.yaml), a study folder (its history/), or a TransferGraph task folder."""
     from .errors import HistoryError
-    from .history import from_transfergraph, load_history
+    from .select.history import from_transfergraph, load_history
 
     folder = Path(path)
     if transfergraph:
@@ -146,12 +148,12 @@ def _images_as_new_dataset(history, images_arg: str, manifests_dir):
 
     folder = Path(images_arg)
     if folder.is_dir():
-        from .data import read_image_folder
+        from .world.data import read_image_folder
 
         images, captions = read_image_folder(folder)
         dataset = f"new:{folder.resolve().name}"
     else:
-        from .finetune import load_dataset_split
+        from .world.data import load_dataset_split
 
         images, captions = load_dataset_split(load_manifests(manifests_dir), images_arg, "train")
         dataset = images_arg
@@ -162,7 +164,7 @@ def _shortlist_threshold(history, history_arg: str, level: float, method) -> tup
     """The conformal threshold from the study's leave-one-dataset-out (selection/lodo.csv), else computed now."""
     import pandas as pd
 
-    from .choose import leave_one_dataset_out, shortlist_threshold
+    from .select.choose import leave_one_dataset_out, shortlist_threshold
 
     lodo_path = Path(history_arg) / "selection" / "lodo.csv"
     if lodo_path.is_file():
@@ -177,7 +179,7 @@ def _shortlist_threshold(history, history_arg: str, level: float, method) -> tup
 
 def choose_cmd(args) -> int:
     """Rank the candidate models for a dataset, from a fine-tuning history."""
-    from .choose import MatchAndChoose, conformal_shortlist
+    from .select.choose import MatchAndChoose, conformal_shortlist
     from .errors import HistoryError
 
     start = time.perf_counter()
@@ -267,7 +269,8 @@ def parse_overrides(items: list[str]) -> dict:
 def finetune_cmd(args) -> int:
     import yaml
 
-    from .finetune import build_config, finetune
+    from .train.finetune import finetune
+    from .train.runs import build_config
 
     overrides = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
     for section, values in parse_overrides(args.set).items():
@@ -288,20 +291,16 @@ def finetune_cmd(args) -> int:
 def evaluate_cmd(args) -> int:
     import yaml
 
-    from .config import EvalSettings, validated
-    from .evaluate import evaluate_run
+    from .config import evaluate_settings
     from .errors import InputError
+    from .evaluate import evaluate_run
 
-    values = {}
-    if args.profile:
-        values = load_manifests(args.manifests).profile(args.profile).evaluate.model_dump(exclude_unset=True)
-    if args.config:
-        values.update((yaml.safe_load(Path(args.config).read_text()) or {}).get("evaluate", {}))
+    overrides = (yaml.safe_load(Path(args.config).read_text()) or {}).get("evaluate", {}) if args.config else {}
     for section, fields in parse_overrides(args.set).items():
         if section != "evaluate":
             raise InputError(f"--set {section}.*", "only evaluate.* settings apply here", "write --set evaluate.FIELD=VALUE")
-        values.update(fields)
-    settings = validated(EvalSettings, values, "evaluate")
+        overrides.update(fields)
+    settings = evaluate_settings(args.profile, overrides, args.manifests)
     table = evaluate_run(args.run_dir, settings, weights=args.weights)
     if args.json:
         print(table.to_json(orient="records", indent=1))
@@ -341,7 +340,7 @@ def run_cmd(args) -> int:
     summary = run_study(args.profile, args.out, manifests=args.manifests, scheduler=args.scheduler,
                         workers=args.workers, retry_failed=args.retry_failed, weights=args.weights,
                         ablations=not args.no_ablations, grid_only=args.grid_only)
-    study = Path(args.out) if args.out else REPO_ROOT / "results" / args.profile
+    study = Path(args.out) if args.out else study_dir_for(args.profile)
     print(f"\n{summary['done']}/{summary['cells']} cells done, {summary['failed']} failed; "
           f"{summary['total_seconds']:.0f} s (grid {summary['grid_seconds']:.0f} s)")
     if args.grid_only:

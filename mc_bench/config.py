@@ -15,18 +15,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ManifestError
+from .paths import DEFAULT_MANIFEST_DIR, HUB_PREFIX, WORLD_PREFIX
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MANIFEST_DIR = REPO_ROOT / "data_manifests"
 ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
-
-WORLD_PREFIX = "world:"
-HUB_PREFIX = "hf:"
-
-
-def cache_dir() -> Path:
-    """Where built datasets and derived files go: ``$MC_BENCH_CACHE`` or ``~/.cache/mc_bench``."""
-    return Path(os.environ.get("MC_BENCH_CACHE", Path.home() / ".cache" / "mc_bench")).expanduser()
+# the generators of mc_bench.world.generators (a test checks that the two lists agree)
+WORLD_GENERATORS = ("animals", "digits", "glyphs", "shapes", "textures", "photos", "faces")
 
 
 class _Strict(BaseModel):
@@ -76,11 +69,9 @@ class DatasetSpec(_Strict):
         if self.source_kind == "hub" and not self.revision:
             raise ValueError("a hub dataset (hf:<id>) needs a `revision` (a commit hash or tag) for reproducibility")
         if self.source_kind == "world":
-            from .world import GENERATORS  # local import: world imports config
-
             name = self.source[len(WORLD_PREFIX):]
-            if name not in GENERATORS:
-                raise ValueError(f"unknown source {self.source!r}: world generators are {sorted(GENERATORS)}")
+            if name not in WORLD_GENERATORS:
+                raise ValueError(f"unknown source {self.source!r}: world generators are {sorted(WORLD_GENERATORS)}")
         if self.source_kind == "folder" and "://" in self.source:
             raise ValueError(
                 f"unknown source {self.source!r}: use world:<generator>, hf:<dataset id> or a local folder path"
@@ -330,3 +321,13 @@ def resolve_folder(manifest_folder: Path, source: str) -> Path:
     """A dataset or model folder named in a manifest, relative to the manifest folder."""
     path = Path(source).expanduser()
     return path if path.is_absolute() else (manifest_folder / path).resolve()
+
+
+def evaluate_settings(profile: str | None = None, overrides: dict | None = None,
+                      manifests: str | os.PathLike | None = None) -> EvalSettings:
+    """A profile's ``evaluate`` settings (the defaults without a profile), updated by ``overrides``, validated: the
+    one way the CLI, the evaluate notebook and the study resolve them."""
+    values = {}
+    if profile is not None:
+        values = load_manifests(manifests).profile(profile).evaluate.model_dump(exclude_unset=True)
+    return validated(EvalSettings, {**values, **(overrides or {})}, "evaluate")

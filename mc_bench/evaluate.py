@@ -33,9 +33,15 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .config import EvalSettings, cache_dir, load_manifests
+from .config import EvalSettings, load_manifests
 from .errors import InputError
+from .io import atomic_path, write_json
+from .paths import CLIP_DIR, WORLD_MODELS, cache_dir
+from .train.generate import read_samples
+from .train.runs import load_run_config, read_status
 from .weights import require, sha256
+from .world.data import dataset_folder, load_dataset_split
+from .world.tinyclip import load_clip
 
 DIRECTIONS = {"fid": "lower", "fid_clean": "lower", "kid": "lower", "kid_clean": "lower", "clip_score": "higher",
               "image_reward": "higher", "mean_rank": "lower"}
@@ -121,7 +127,6 @@ class PrecomputedFeatures(nn.Module):
 
 
 def make_extractor(backbone: str, weights: str | Path | None = None) -> nn.Module:
-    from .zoo import CLIP_DIR, WORLD_MODELS
 
     if backbone == "tiny-clip":
         return ClipFeatures(WORLD_MODELS / CLIP_DIR, "tiny-clip")
@@ -146,7 +151,6 @@ def extract(extractor: nn.Module, images: list[np.ndarray], resize: str, batch_s
 
 def split_digest(manifests, dataset_id: str, role: str) -> str:
     """What the real split holds: the hash of its metadata (local folders) or its revision (hub)."""
-    from .data import dataset_folder
 
     spec = manifests.dataset(dataset_id)
     if spec.source_kind == "hub":
@@ -160,7 +164,6 @@ def real_features(manifests, dataset_id: str, extractor: nn.Module, resize: str,
                   root: Path | None = None) -> np.ndarray:
     """Features of a dataset's real held-out images, cached per (dataset, split, backbone + weights hash, resize,
     resolution, split contents) and reused for every model."""
-    from .finetune import load_dataset_split
 
     images, _ = load_dataset_split(manifests, dataset_id, role)  # builds world datasets on demand
     key = "-".join([dataset_id, role, extractor.name, extractor.weights_sha256[:12], resize,
@@ -170,9 +173,8 @@ def real_features(manifests, dataset_id: str, extractor: nn.Module, resize: str,
         return np.load(path)["features"]
     features = extract(extractor, images, resize)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, features=features)
-    tmp.replace(path)
+    with atomic_path(path) as tmp, tmp.open("wb") as fh:
+        np.savez(fh, features=features)
     return features
 
 
@@ -207,8 +209,6 @@ def fid_kid(real: np.ndarray, fake: np.ndarray, kid_subsets: int = 100, seed: in
 
 def clip_model_loader(clip_model: str, weights: str | Path | None = None):
     """What torchmetrics' ``CLIPScore(model_name_or_path=...)`` gets: a loader of a local folder, or a hub id."""
-    from .tinyclip import load_clip
-    from .zoo import CLIP_DIR, WORLD_MODELS
 
     if clip_model == "tiny-clip":
         folder = WORLD_MODELS / CLIP_DIR
@@ -352,8 +352,6 @@ def evaluate_samples(fake: np.ndarray, captions: list[str], real_feats_fn, setti
 def evaluate_run(run_dir: str | Path, settings: EvalSettings = EvalSettings(),
                  weights: str | Path | None = None) -> pd.DataFrame:
     """Evaluate a finished run folder: writes ``metrics.csv`` and ``evaluate.json`` (the settings) into it."""
-    from .finetune import load_run_config, read_status, write_json
-    from .generate import read_samples
 
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
@@ -366,9 +364,8 @@ def evaluate_run(run_dir: str | Path, settings: EvalSettings = EvalSettings(),
     rows = evaluate_samples(fake, captions,
                             lambda ex: real_features(manifests, config.dataset, ex, settings.resize), settings, weights)
     table = pd.DataFrame([{"model": config.model, "dataset": config.dataset, **r} for r in rows]).reindex(columns=COLUMNS)
-    tmp = run_dir / (METRICS_FILE + ".tmp")
-    table.to_csv(tmp, index=False)
-    tmp.replace(run_dir / METRICS_FILE)
+    with atomic_path(run_dir / METRICS_FILE) as tmp:
+        table.to_csv(tmp, index=False)
     write_json(run_dir / "evaluate.json", {"settings": settings.model_dump(mode="json"),
                                            "weights_dir": str(weights) if weights else None})
     return table

@@ -40,6 +40,12 @@ import pandas as pd
 import torch
 
 from .config import Manifests
+from .errors import HistoryError, InputError
+from .io import library_versions, write_json
+from .paths import CLIP_DIR, WORLD_MODELS
+from .weights import sha256
+from .world.data import load_dataset_split, resize_shorter
+from .world.tinyclip import load_clip, pixel_values
 
 MODALITIES = ("image", "caption")
 SIMILARITIES = ("frechet", "mean-cosine")
@@ -87,8 +93,6 @@ def caption_statistics(captions: list[str]) -> dict[str, float]:
 def embed_pairs(model, processor, images: np.ndarray, captions: list[str],
                 batch_size: int = 256) -> dict[str, np.ndarray]:
     """L2-normalised CLIP features of every image and every caption (float64, one row per pair)."""
-    from .tinyclip import pixel_values
-
     image_feats, text_feats = [], []
     for start in range(0, len(images), batch_size):
         e = model.get_image_features(pixel_values=pixel_values(images[start:start + batch_size],
@@ -138,8 +142,6 @@ def _cosine(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def _sized(images: list[np.ndarray], resolution: int) -> np.ndarray:
-    from .finetune import resize_shorter
-
     return np.stack([im[:resolution, :resolution] for im in resize_shorter(images, resolution)])
 
 
@@ -165,10 +167,6 @@ def _profile_one(model, processor, resolution: int, images: list[np.ndarray], ca
 
 
 def _backbone(clip_folder: str | Path | None):
-    from .tinyclip import load_clip
-    from .weights import sha256
-    from .zoo import CLIP_DIR, WORLD_MODELS
-
     folder = Path(clip_folder) if clip_folder else WORLD_MODELS / CLIP_DIR
     model, processor = load_clip(folder)
     weights = next((f for f in (folder / "model.safetensors", folder / "pytorch_model.bin") if f.is_file()), None)
@@ -181,8 +179,6 @@ def _backbone(clip_folder: str | Path | None):
 def profile_datasets(manifests: Manifests, dataset_ids: list[str], clip_folder: str | Path | None = None,
                      n_components: int = 4, similarity: str = "frechet", max_images: int = 1000) -> DatasetProfiles:
     """Profile the train splits of ``dataset_ids`` (see the module docstring)."""
-    from .finetune import load_dataset_split
-
     if similarity not in SIMILARITIES:
         raise ValueError(f"similarity must be one of {SIMILARITIES}, not {similarity!r}")
     model, processor, info = _backbone(clip_folder)
@@ -273,8 +269,6 @@ def profile_new_dataset(profiles: DatasetProfiles, images: list[np.ndarray], cap
     """Profile a new dataset exactly as ``profiles`` were made (same backbone, image count, distance and scales):
     returns its features row (``clip_pc*`` projected on the recorded PCA) and its similarity to every profiled
     dataset. The backbone's weights must be those recorded (SHA-256), or the error says which differ."""
-    from .errors import InputError
-
     meta = profiles.meta
     model, processor, info = _backbone(clip_folder)
     if meta.get("weights_sha256") and info["weights_sha256"] != meta["weights_sha256"]:
@@ -304,13 +298,10 @@ def profile_new_dataset(profiles: DatasetProfiles, images: list[np.ndarray], cap
 
 
 def add_image_dataset(history, images: list[np.ndarray], captions: list[str], dataset: str):
-    """``history`` (a :class:`~mc_bench.history.History` whose ``profiles`` folder is known) with a new dataset made
+    """``history`` (a :class:`~mc_bench.select.history.History` whose ``profiles`` folder is known) with a new dataset made
     from ``images`` and ``captions``: profiled like the history's datasets (:func:`profile_new_dataset`, the backbone
     recorded in ``profile.json``), with its features and its similarity to every profiled dataset. A dataset of the
     history keeps its profile and loses its runs (it is recommended for as if it were new)."""
-    from .errors import HistoryError
-    from .zoo import CLIP_DIR
-
     if history.profiles is None:
         raise HistoryError(history.source, "the history records no dataset profiles, so a new image folder cannot be "
                            "compared with its datasets", "use a study folder (results/<profile>) or a history written "
@@ -331,8 +322,6 @@ def add_image_dataset(history, images: list[np.ndarray], captions: list[str], da
 
 
 def write_profiles(profiles: DatasetProfiles, folder: str | Path) -> Path:
-    from .finetune import library_versions, write_json
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     profiles.features.to_csv(folder / "dataset_features.csv", index=False)
@@ -347,8 +336,6 @@ def write_profiles(profiles: DatasetProfiles, folder: str | Path) -> Path:
 
 def read_profiles(folder: str | Path) -> DatasetProfiles:
     """The tables :func:`write_profiles` wrote (an :class:`~mc_bench.errors.InputError` names a missing one)."""
-    from .errors import InputError
-
     folder = Path(folder)
     for name in ("dataset_features.csv", "similarity.csv", "profile.json", "distributions.parquet"):
         if not (folder / name).is_file():

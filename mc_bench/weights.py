@@ -20,8 +20,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import cache_dir
 from .errors import InputError
+from .paths import CLIP_DIR, WORLD_MODELS, cache_dir, hub_id
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,6 @@ def sha256(path: Path) -> str:
 
 def listing(folder: str | os.PathLike | None = None) -> list[dict]:
     """One row per backbone: name, present, path, sha256 (first 16 hex digits), used by."""
-    from .zoo import CLIP_DIR, WORLD_MODELS
 
     rows = []
     tiny = WORLD_MODELS / CLIP_DIR / "model.safetensors"
@@ -132,7 +131,7 @@ def fetch(name: str, folder: str | os.PathLike | None = None) -> Path:
             from huggingface_hub import snapshot_download
 
             patterns = ["*.json", "*.txt"] if name == "bert-base-uncased" else ["*.json", "*.txt", "*.safetensors"]
-            snapshot_download(b.source[3:], local_dir=target, allow_patterns=patterns)
+            snapshot_download(hub_id(b.source), local_dir=target, allow_patterns=patterns)
     except Exception as err:  # no network, hub down, disk full: one clear message
         raise InputError(b.source, f"could not download {name} ({type(err).__name__}: {err})",
                          "run this on a machine that reaches the hub, then copy the weights folder here") from None

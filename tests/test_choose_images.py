@@ -11,10 +11,11 @@ import pandas as pd
 import pytest
 
 from mc_bench.config import load_manifests
-from mc_bench.data import read_world_split
+from mc_bench.world.data import read_world_split
 from mc_bench.profile import (frechet, gaussian, profile_datasets, profile_new_dataset, read_profiles,
                               similarity_from_profiles, write_profiles)
-from mc_bench.study import pretraining_datasets, write_history
+from mc_bench.study import write_history
+from mc_bench.study.tables import pretraining_datasets
 
 DATASETS = ["shapes-new", "shapes-small", "digits-low", "glyphs-lower"]
 MODELS = ["zoo-shapes", "zoo-glyphs", "zoo-all-short"]

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from mc_bench.config import load_manifests
-from mc_bench.data import dataset_folder, load_hf_dataset, read_split, validate_folder
+from mc_bench.world.data import dataset_folder, load_hf_dataset, read_split, validate_folder
 from mc_bench.errors import ManifestError
 from mc_bench.world import folder_digest
 

@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 
 from mc_bench import evaluate as ev
-from mc_bench import finetune as ft
 from mc_bench.config import EvalSettings, load_manifests
 from mc_bench.errors import InputError
+from mc_bench.train.finetune import finetune
+from mc_bench.train.runs import build_config
 from mc_bench.weights import weights_dir
 
 OFFLINE = EvalSettings(metrics=["fid", "kid", "clip_score"], kid_subsets=20)
@@ -51,7 +52,7 @@ def test_a_set_against_itself_is_zero_and_backends_agree():
 
 
 def test_clip_score_with_tiny_clip_prefers_the_right_captions():
-    from mc_bench.finetune import load_dataset_split
+    from mc_bench.world.data import load_dataset_split
 
     images, captions = load_dataset_split(load_manifests(), "shapes-new", "eval")
     images = np.stack(images[:48])
@@ -124,9 +125,9 @@ def test_image_reward_real_scoring():
 @pytest.fixture(scope="module")
 def done_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("runs") / "run"
-    cfg = ft.build_config("zoo-shapes", "shapes-new", run, overrides={
+    cfg = build_config("zoo-shapes", "shapes-new", run, overrides={
         "train": {"steps": 3, "batch_size": 8}, "generate": {"n_samples": 12, "num_inference_steps": 3}})
-    assert ft.finetune(cfg)["status"] == "done"
+    assert finetune(cfg)["status"] == "done"
     return run
 
 
@@ -156,7 +157,7 @@ def test_missing_weights_stop_when_not_allowed(done_run, tmp_path):
 
 
 def test_unfinished_run_is_refused(tmp_path):
-    ft.finetune(ft.build_config("zoo-shapes", "shapes-new", tmp_path / "r", overrides={"train": {"steps": 5}}),
+    finetune(build_config("zoo-shapes", "shapes-new", tmp_path / "r", overrides={"train": {"steps": 5}}),
                 stop_after=1)
     with pytest.raises(InputError, match="not done"):
         ev.evaluate_run(tmp_path / "r")

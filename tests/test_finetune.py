@@ -14,16 +14,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mc_bench import finetune as ft
-from mc_bench.config import GenerateSettings
+from mc_bench.config import GenerateSettings, load_manifests
 from mc_bench.errors import InputError
+from mc_bench.train import finetune as ft
+from mc_bench.train import runs
+from mc_bench.world.data import load_dataset_split
 
 MODEL, DATASET = "zoo-shapes", "shapes-new"
 
 
 def config(tmp_path, name="run", **train):
     train = {"steps": 6, "batch_size": 8, "checkpoint_every": 0, **train}
-    return ft.build_config(MODEL, DATASET, tmp_path / name, overrides={
+    return runs.build_config(MODEL, DATASET, tmp_path / name, overrides={
         "train": train, "generate": {"n_samples": 6, "num_inference_steps": 3, "batch_size": 4}})
 
 
@@ -60,16 +62,16 @@ def unet_output(unet, seed=0):
 
 def test_lora_round_trip_through_load_lora_weights(tmp_path):
     cfg = config(tmp_path, steps=4).resolved()
-    manifests = ft.load_manifests()
-    images, captions = ft.load_dataset_split(manifests, DATASET, "train")
-    base = unet_output(ft.load_pipeline(cfg).unet)
-    trainer = ft.Trainer(cfg, ft.load_pipeline(cfg), images, captions, torch.device("cpu"))
+    manifests = load_manifests()
+    images, captions = load_dataset_split(manifests, DATASET, "train")
+    base = unet_output(runs.load_pipeline(cfg).unet)
+    trainer = ft.Trainer(cfg, runs.load_pipeline(cfg), images, captions, torch.device("cpu"))
     for _ in range(4):
         trainer.train_step()
     trainer.unet.eval()
     trained = unet_output(trainer.unet)
     ft.save_lora(trainer.unet, tmp_path / "lora")
-    pipe = ft.load_pipeline(cfg)
+    pipe = runs.load_pipeline(cfg)
     pipe.load_lora_weights(tmp_path / "lora")
     reloaded = unet_output(pipe.unet)
     assert (trained - base).abs().max() > 1e-4  # the adapter changed the model...
@@ -80,8 +82,8 @@ def test_full_finetune_and_generation(tmp_path):
     record = ft.finetune(config(tmp_path, method="full", learning_rate=1e-4))
     run = tmp_path / "run"
     assert record["status"] == "done" and (run / "unet" / "config.json").is_file()
-    base = ft.load_pipeline(ft.load_run_config(run))
-    tuned = ft.load_finetuned_pipeline(run)
+    base = runs.load_pipeline(runs.load_run_config(run))
+    tuned = runs.load_finetuned_pipeline(run)
     assert (unet_output(base.unet) - unet_output(tuned.unet)).abs().max() > 1e-5
     assert len(pd.read_csv(run / "samples.csv")) == 6
 
@@ -154,27 +156,27 @@ def test_nan_loss_marks_run_failed(tmp_path, monkeypatch):
 
 def test_bad_inputs_are_clear_errors(tmp_path):
     with pytest.raises(InputError, match="unknown model 'zoo-nope'.*models.yaml"):
-        ft.finetune(ft.build_config("zoo-nope", DATASET, tmp_path / "x"))
+        ft.finetune(runs.build_config("zoo-nope", DATASET, tmp_path / "x"))
     with pytest.raises(InputError, match="unknown dataset id 'nope'"):
-        ft.finetune(ft.build_config(MODEL, "nope", tmp_path / "x"))
+        ft.finetune(runs.build_config(MODEL, "nope", tmp_path / "x"))
     with pytest.raises(InputError, match="field `train`.*mixed precision needs a GPU"):
-        ft.build_config(MODEL, DATASET, tmp_path / "x", overrides={"train": {"device": "cpu", "mixed_precision": "bf16"}})
+        runs.build_config(MODEL, DATASET, tmp_path / "x", overrides={"train": {"device": "cpu", "mixed_precision": "bf16"}})
     with pytest.raises(InputError, match="train.lora_rankk"):
-        ft.build_config(MODEL, DATASET, tmp_path / "x", overrides={"train": {"lora_rankk": 2}})
+        runs.build_config(MODEL, DATASET, tmp_path / "x", overrides={"train": {"lora_rankk": 2}})
     ft.finetune(config(tmp_path, steps=2), sample=False)
     with pytest.raises(InputError, match="different training configuration"):
         ft.finetune(config(tmp_path, steps=3))
 
 
 def test_generation_does_not_depend_on_batch_size(tmp_path):
-    from mc_bench.generate import generate
+    from mc_bench.train.generate import generate
 
     cfg = config(tmp_path).resolved()
-    pipe = ft.load_pipeline(cfg)
+    pipe = runs.load_pipeline(cfg)
     prompts = ["a red circle on a blue background"] * 3 + ["a green square on a white background"] * 2
     generate(pipe, prompts, tmp_path / "b1", GenerateSettings(num_inference_steps=3, batch_size=1))
     generate(pipe, prompts, tmp_path / "b5", GenerateSettings(num_inference_steps=3, batch_size=5))
-    from mc_bench.generate import read_samples
+    from mc_bench.train.generate import read_samples
 
     x1, c1 = read_samples(tmp_path / "b1")
     x5, c5 = read_samples(tmp_path / "b5")

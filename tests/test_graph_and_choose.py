@@ -5,12 +5,9 @@ import pandas as pd
 import pytest
 from sklearn.base import clone
 
-from mc_bench.choose import (GlobalBest, HistoryWeighted, MatchAndChoose, NearestDataset, RandomChoice,
-                             ablations, choose_bandwidth, conformal_shortlist, default_methods,
-                             leave_one_dataset_out, pick_simplest, regret_matrix, shortlist_coverage,
-                             shortlist_threshold, top_pick_loss)
-from mc_bench.graph import Node2Vec, SpectralGraphEmbedding, build_matching_graph, dataset_node, model_node
-from mc_bench.synthetic import synthetic_history
+from mc_bench.select.choose import (GlobalBest, HistoryWeighted, MatchAndChoose, NearestDataset, RandomChoice, ablations, choose_bandwidth, conformal_shortlist, default_methods, leave_one_dataset_out, pick_simplest, regret_matrix, shortlist_coverage, shortlist_threshold, top_pick_loss)
+from mc_bench.select.graph import Node2Vec, SpectralGraphEmbedding, build_matching_graph, dataset_node, model_node
+from mc_bench.select.synthetic import synthetic_history
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +131,7 @@ def test_cli_choose(tmp_path):
 
     import yaml
 
-    from mc_bench.synthetic import synthetic_tables
+    from mc_bench.select.synthetic import synthetic_tables
 
     t = synthetic_tables(n_models=6, n_datasets=5, seed=1)
     t["runs"].to_csv(tmp_path / "runs.csv", index=False)
@@ -174,9 +171,9 @@ def test_lodo_skips_a_dataset_with_fewer_than_two_results(small):
 _LODO_SCRIPT = """
 import sys, warnings
 warnings.filterwarnings("ignore")
-from mc_bench.choose import MatchAndChoose, leave_one_dataset_out
-from mc_bench.graph import Node2Vec
-from mc_bench.synthetic import synthetic_history
+from mc_bench.select.choose import MatchAndChoose, leave_one_dataset_out
+from mc_bench.select.graph import Node2Vec
+from mc_bench.select.synthetic import synthetic_history
 h = synthetic_history(n_models=12, n_datasets=10, seed=5)
 methods = {"M&C": MatchAndChoose(), "M&C node2vec": MatchAndChoose(embedding=Node2Vec(dimensions=8, num_walks=4))}
 df = leave_one_dataset_out(h, methods, n_jobs=int(sys.argv[2]))
@@ -236,7 +233,7 @@ def test_pick_simplest_one_standard_error_rule():
 
 
 def test_regret_matrix_and_top_pick_loss():
-    from mc_bench.history import History
+    from mc_bench.select.history import History
 
     runs = pd.DataFrame({"model": ["a", "b", "c"] * 3, "dataset": np.repeat(["x", "y", "z"], 3),
                          "fid": [10.0, 20.0, 40.0, 5.0, 5.0, 50.0, 30.0, 15.0, 60.0]})
@@ -262,7 +259,7 @@ def test_prior_bandwidth_follows_the_history():
     sim = pd.DataFrame(values, index=datasets, columns=datasets)
     runs = pd.DataFrame({"model": np.repeat(models, 12), "dataset": np.tile(datasets, 6),
                          "acc": quality.reshape(-1)})
-    from mc_bench.history import History
+    from mc_bench.select.history import History
 
     h = History.from_tables(runs, {"acc": "higher"}, similarity=sim)
     local = choose_bandwidth(h.normalised(), h.dataset_similarity(), regret_matrix(h))

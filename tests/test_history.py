@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from mc_bench.errors import HistoryError
-from mc_bench.history import History, from_transfergraph, load_history, transfergraph_targets
-from mc_bench.synthetic import synthetic_tables
+from mc_bench.select.history import History, from_transfergraph, load_history, transfergraph_targets
+from mc_bench.select.synthetic import synthetic_tables
 
 TG = Path(__file__).resolve().parents[2] / "shared" / "external" / "transfergraph" / "image_classification"
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "transfergraph"

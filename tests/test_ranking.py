@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mc_bench.ranking import bootstrap_summary, random_expectation, ranking_metrics
+from mc_bench.select.ranking import bootstrap_summary, random_expectation, ranking_metrics
 
 
 def test_hand_computed_higher_is_better():

@@ -15,8 +15,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from mc_bench.config import REPO_ROOT
-from mc_bench.study import cell_dir, grid, read_cell, run_grid
+from mc_bench.paths import REPO_ROOT
+from mc_bench.study.runner import run_grid
+from mc_bench.study.tables import cell_dir, grid, read_cell
 
 
 def _records(study: Path) -> dict:
@@ -138,7 +139,7 @@ def test_drop_figures_keeps_text_outputs(tmp_path):
     import nbformat
     from nbformat.v4 import new_code_cell, new_notebook, new_output
 
-    from mc_bench.study import drop_figures
+    from mc_bench.study.runner import drop_figures
 
     cell = new_code_cell("plot()", outputs=[new_output("display_data", data={"image/png": "iVBOR", "text/plain": "<Figure>"}),
                                             new_output("stream", text="loss 0.1\n")])

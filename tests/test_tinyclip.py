@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from mc_bench.tinyclip import build_tokenizer, learn_merges, load_clip, retrieval_accuracy, train_tiny_clip
+from mc_bench.world.tinyclip import build_tokenizer, learn_merges, load_clip, retrieval_accuracy, train_tiny_clip
 
 CAPTIONS = ["a blue silhouette of a giraffe on a yellow background",
             "the letter Q in a bold serif font, black on a white background",

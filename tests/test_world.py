@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mc_bench.config import DatasetSpec, load_manifests
-from mc_bench.data import read_split, validate_folder
+from mc_bench.world.data import read_split, validate_folder
 from mc_bench.world import GENERATORS, build_dataset, folder_digest, generate
 
 MANIFESTS = load_manifests()
@@ -47,7 +47,7 @@ def test_captions_name_the_content():
 
 
 def test_interrupted_build_leaves_nothing(tmp_path, monkeypatch):
-    import mc_bench.world as world
+    import mc_bench.world.generators as world
 
     spec = next(iter(MANIFESTS.datasets.values())).model_copy(update={"params": {"n_images": 20}})
 
@@ -90,7 +90,7 @@ def test_cli_reports_manifest_errors(tmp_path):
 
 
 def test_missing_animal_mnist_wheel_names_the_fix(monkeypatch, tmp_path):
-    import mc_bench.world as world
+    import mc_bench.world.generators as world
     from mc_bench.errors import ManifestError
 
     monkeypatch.setenv("MC_BENCH_ANIMAL_MNIST", str(tmp_path / "missing.whl"))

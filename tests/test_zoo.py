@@ -9,15 +9,16 @@ import pytest
 import torch
 
 from mc_bench.config import load_manifests
-from mc_bench.zoo import (CLIP_DIR, VAE_DIR, WORLD_MODELS, ZOO, ZooModel, model_metadata, pretrain, sample,
-                          source_data, train_vae, write_models_manifest, zoo_records)
+from mc_bench.paths import CLIP_DIR, VAE_DIR, WORLD_MODELS
+from mc_bench.train.pretrain import pretrain, train_vae
+from mc_bench.world.zoo import (ZOO, ZooModel, model_metadata, sample, source_data, write_models_manifest, zoo_records)
 
 TINY = ZooModel("zoo-test", ("src-shapes",), (32, 64), 1, "v_prediction", "linear", steps=3, batch_size=4)
 
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-    from mc_bench.tinyclip import train_tiny_clip
+    from mc_bench.world.tinyclip import train_tiny_clip
 
     root = tmp_path_factory.mktemp("world_models")
     images, captions = source_data(load_manifests(), ["src-shapes"])
@@ -119,11 +120,13 @@ def test_cli_world_zoo_json():
 
 
 def test_nan_loss_stops_training(root, monkeypatch):
-    import mc_bench.zoo as zoo
+    import mc_bench.train.pretrain as pretraining
     from diffusers import AutoencoderKL
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    monkeypatch.setattr(zoo, "diffusion_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    from mc_bench.world import zoo
+
+    monkeypatch.setattr(pretraining, "diffusion_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
     tok = CLIPTokenizer.from_pretrained(root / CLIP_DIR)
     text = CLIPTextModel.from_pretrained(root / CLIP_DIR)
     vae = AutoencoderKL.from_pretrained(root / VAE_DIR)
@@ -131,7 +134,7 @@ def test_nan_loss_stops_training(root, monkeypatch):
     unet = zoo.make_unet(TINY, text.config.hidden_size, 8)
     images = np.zeros((4, 16, 16, 3), np.uint8)
     with pytest.raises(FloatingPointError, match="non-finite loss .* at step 0"):
-        zoo.train_unet(unet, vae, text, tok, ddpm, images, ["a"] * 4, steps=2, batch_size=2)
+        pretraining.train_unet(unet, vae, text, tok, ddpm, images, ["a"] * 4, steps=2, batch_size=2)
 
 
 def test_world_zoo_without_models_is_a_clear_error(tmp_path):

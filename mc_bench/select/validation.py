@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import REPO_ROOT
+from ..paths import REPO_ROOT
 from .history import History, from_transfergraph, load_history, transfergraph_targets
 from .synthetic import synthetic_history
 

@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .config import DatasetSpec, Manifests, WorldSettings, cache_dir, resolve_folder
-from .errors import ManifestError
+from ..config import DatasetSpec, Manifests, WorldSettings, resolve_folder
+from ..errors import ManifestError
+from ..paths import cache_dir, hub_id
 
 MODE_FOR_CHANNELS = {3: "RGB", 1: "L"}
 
@@ -39,7 +40,7 @@ class SplitSummary:
 def dataset_folder(manifests: Manifests, spec: DatasetSpec, root: Path | None = None) -> Path:
     """The local folder of a ``world:`` or folder dataset (hub datasets have none)."""
     if spec.source_kind == "world":
-        from .world import world_folder
+        from .generators import world_folder
 
         return world_folder(root or cache_dir(), spec, manifests.world.resolution)
     if spec.source_kind == "folder":
@@ -181,7 +182,7 @@ def load_hf_dataset(manifests: Manifests, spec: DatasetSpec):
     import datasets
 
     if spec.source_kind == "hub":
-        ds = datasets.load_dataset(spec.source[3:], spec.params.get("config"), revision=spec.revision)
+        ds = datasets.load_dataset(hub_id(spec.source), spec.params.get("config"), revision=spec.revision)
     else:
         ds = datasets.load_dataset("imagefolder", data_dir=str(dataset_folder(manifests, spec)))
     renames = {old: new for old, new in ((spec.image_column, "image"), (spec.caption_column, "text")) if old != new}
@@ -191,10 +192,46 @@ def load_hf_dataset(manifests: Manifests, spec: DatasetSpec):
 def read_world_split(manifests: Manifests, dataset_id: str, role: str = "train",
                      root: Path | None = None) -> tuple[np.ndarray, list[str]]:
     """Images and captions of the ``train`` or ``eval`` split of a ``world:`` dataset, built first if needed."""
-    from .world import build_dataset, world_folder
+    from .generators import build_dataset, world_folder
 
     spec = manifests.dataset(dataset_id)
     folder = world_folder(root or cache_dir(), spec, manifests.world.resolution)
     build_dataset(spec, manifests.world.resolution, manifests.world.eval_fraction, folder)
     split = spec.splits.train if role == "train" else spec.splits.eval
     return read_split(folder, split, spec.caption_column)
+
+
+def load_dataset_split(manifests: Manifests, dataset_id: str, role: str) -> tuple[list[np.ndarray], list[str]]:
+    """Images (uint8 arrays, any size) and captions of the ``train`` or ``eval`` split of a manifest dataset."""
+    spec = manifests.dataset(dataset_id)
+    if spec.source_kind == "world":
+        images, captions = read_world_split(manifests, dataset_id, role)
+        return list(images), captions
+    if spec.source_kind == "folder":
+        images, captions = read_split(dataset_folder(manifests, spec),
+                                      spec.splits.train if role == "train" else spec.splits.eval, spec.caption_column)
+        return list(images), captions
+    import datasets
+
+    # a hub split name may use the `datasets` slicing syntax, e.g. "train[:90%]" / "train[90%:]"
+    split = datasets.load_dataset(hub_id(spec.source), spec.params.get("config"), revision=spec.revision,
+                                  split=spec.splits.train if role == "train" else spec.splits.eval)
+    return ([np.asarray(im.convert("RGB")) for im in split[spec.image_column]],
+            [str(c) for c in split[spec.caption_column]])
+
+
+def resize_shorter(images: list[np.ndarray], resolution: int) -> list[np.ndarray]:
+    """Resize each image so that its shorter side is ``resolution`` (bilinear, as diffusers' scripts do)."""
+    from PIL import Image
+
+    out = []
+    for image in images:
+        if image.ndim == 2:
+            image = np.repeat(image[..., None], 3, axis=-1)
+        h, w = image.shape[:2]
+        if min(h, w) != resolution:
+            scale = resolution / min(h, w)
+            size = (max(resolution, round(w * scale)), max(resolution, round(h * scale)))
+            image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+        out.append(image)
+    return out

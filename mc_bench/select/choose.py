@@ -1,7 +1,7 @@
 """Choose: rank candidate models for a dataset, and judge rankers leave-one-dataset-out.
 
 Every selector follows the scikit-learn estimator API: ``fit(history)`` learns from a
-:class:`~mc_bench.history.History` and returns ``self``; ``predict(dataset)`` returns one score per model
+:class:`~mc_bench.select.history.History` and returns ``self``; ``predict(dataset)`` returns one score per model
 (larger = recommended). Fitted attributes end in ``_``; ``__init__`` only stores parameters.
 
 * :class:`MatchAndChoose` — the paper's method: a LightGBM ranker over features of the model, of the dataset, and
@@ -186,7 +186,7 @@ def pick_simplest(per_dataset: list[np.ndarray], rule: str = "one-se") -> int:
 
 class RandomChoice(_Selector):
     """Uniformly random choice. Its scores are all equal; :func:`leave_one_dataset_out` reports the exact
-    expectation of each metric (:func:`mc_bench.ranking.random_expectation`) rather than a draw."""
+    expectation of each metric (:func:`mc_bench.select.ranking.random_expectation`) rather than a draw."""
 
     exact_expectation = True
 
@@ -324,7 +324,7 @@ class MatchAndChoose(_Selector):
     objective : "regression" (on normalised quality) or "lambdarank" (integer grades, gains ``2**g - 1``)
     inner_folds : int
         Folds of the inner cross-validation (at most the number of training datasets).
-    edge_threshold, data_knn : matching-graph construction (see :func:`mc_bench.graph.build_matching_graph`).
+    edge_threshold, data_knn : matching-graph construction (see :func:`mc_bench.select.graph.build_matching_graph`).
     max_rows : int
         The booster learns from at most this many (model, training dataset) pairs: with more, every training dataset
         contributes the same number of its models, drawn at random (``random_state``) anew for each dataset; the
@@ -339,7 +339,7 @@ class MatchAndChoose(_Selector):
         within one standard error of the best (the widest bandwidth, the fewest rounds), or the lowest mean loss.
     learning_rate, num_leaves, min_child_samples, colsample_bytree, n_grades, random_state : LightGBM's.
 
-    The defaults were chosen on validation histories only (``mc_bench.validation``: the TransferGraph datasets
+    The defaults were chosen on validation histories only (``mc_bench.select.validation``: the TransferGraph datasets
     outside its published table, the world's validation datasets, synthetic histories with seeds ≥ 100), never
     on the datasets that are reported.
     """
@@ -599,7 +599,7 @@ def leave_one_dataset_out(history: History, methods: dict[str, _Selector] | None
                           return_scores: bool = False):
     """Hold out each target dataset in turn; fit every method on the remaining runs; score its ranking.
 
-    Returns one row per (method, dataset) with every metric of :mod:`mc_bench.ranking`, ``n_models``,
+    Returns one row per (method, dataset) with every metric of :mod:`mc_bench.select.ranking`, ``n_models``,
     ``best_gap`` (how far below the top score the truly best model was scored: 0 when it was picked; the
     nonconformity score of the conformal shortlist) and ``seconds`` (fit + predict time; the only column that
     differs between runs). With ``return_scores``, also the scores: one row per (method, dataset, model) with

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .errors import ManifestError
+from ..errors import ManifestError
 
 WORLD_VERSION = 1  # bump when a generator changes its output
 
@@ -100,7 +100,7 @@ def _animal_mnist_wheel() -> Path:
     ``pip check``."""
     import os
 
-    from .config import REPO_ROOT
+    from ..paths import REPO_ROOT
 
     path = Path(os.environ.get("MC_BENCH_ANIMAL_MNIST", REPO_ROOT / ".cache" / "wheels" / ANIMAL_MNIST_WHEEL))
     if not path.is_file():

@@ -9,7 +9,7 @@ Nodes are ``model:<id>`` and ``dataset:<id>`` (attribute ``kind``). Edges (attri
 ``similarity``   dataset–dataset, weight = dataset similarity in [0, 1], to each dataset's ``data_knn`` nearest
                  datasets (or every pair above ``data_threshold``).
 
-The graph is built from a :class:`~mc_bench.history.History` as it is: a dataset whose runs were removed
+The graph is built from a :class:`~mc_bench.select.history.History` as it is: a dataset whose runs were removed
 (``history.without_runs``) is a node with its similarity edges only. Graph embeddings:
 :class:`Node2Vec` (weighted, biased second-order random walks, then gensim's skip-gram) and
 :class:`SpectralGraphEmbedding` (scikit-learn's Laplacian eigenmaps) as a cheap alternative.

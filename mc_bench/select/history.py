@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from .errors import HistoryError
+from ..errors import HistoryError
 
 Direction = Literal["higher", "lower"]
 
@@ -314,7 +314,7 @@ def load_history(folder: str | Path) -> History:
     folder = Path(folder)
     spec_path = folder / "history.yaml"
     if not spec_path.is_file():
-        raise HistoryError(spec_path, "history.yaml not found", "describe the tables in history.yaml (see mc_bench.history)")
+        raise HistoryError(spec_path, "history.yaml not found", "describe the tables in history.yaml (see mc_bench.select.history)")
     spec = yaml.safe_load(spec_path.read_text()) or {}
     sim_spec = spec.get("similarity")
     sim = None

@@ -7,6 +7,7 @@ images go to ``samples/NNNNN.png`` and the table ``samples.csv`` (file, caption,
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -14,7 +15,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .config import GenerateSettings
+from ..config import GenerateSettings, load_manifests
+from ..errors import InputError
+from ..io import write_json
+from ..world.data import load_dataset_split
+from .runs import load_finetuned_pipeline, load_run_config, peak_memory_mb, pick_device
 
 SAMPLES_DIR = "samples"
 SAMPLES_TABLE = "samples.csv"
@@ -71,8 +76,6 @@ def read_samples(run_dir: Path) -> tuple[np.ndarray, list[str]]:
     """The generated images (uint8, n × h × w × 3) and their captions of a run folder."""
     from PIL import Image
 
-    from .errors import InputError
-
     table_path = Path(run_dir) / SAMPLES_TABLE
     if not table_path.is_file():
         raise InputError(table_path, "no samples table", "run `mc-bench finetune` (it generates) on this run folder")
@@ -86,11 +89,6 @@ def read_samples(run_dir: Path) -> tuple[np.ndarray, list[str]]:
 
 def generate_run(run_dir: Path) -> pd.DataFrame:
     """Generate a finished run's samples (its config's ``generate`` settings) and add their timings."""
-    import json
-
-    from .config import load_manifests
-    from .finetune import load_dataset_split, load_finetuned_pipeline, load_run_config, peak_memory_mb, pick_device, write_json
-
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
     device = pick_device(config.train.device)

@@ -1,44 +1,8 @@
-"""Report: tables and figures of the study."""
+"""Report: the study's figures and its cost table (used by notebooks 04-06 and ``report.html``)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-from PIL import Image, ImageDraw
-
-
-def contact_sheet(images: np.ndarray, cols: int = 8, scale: int = 4, pad: int = 2) -> Image.Image:
-    """A grid of ``images`` (n, h, w, 3 uint8), each enlarged ``scale``× with nearest-neighbour sampling."""
-    n, h, w = images.shape[:3]
-    rows = max(1, -(-n // cols))
-    cell_h, cell_w = h * scale + pad, w * scale + pad
-    sheet = Image.new("RGB", (cols * cell_w + pad, rows * cell_h + pad), (255, 255, 255))
-    for i, img in enumerate(images):
-        tile = Image.fromarray(img).resize((w * scale, h * scale), Image.Resampling.NEAREST)
-        sheet.paste(tile, (pad + (i % cols) * cell_w, pad + (i // cols) * cell_h))
-    return sheet
-
-
-def labelled_rows(rows: list[tuple[str, np.ndarray]], scale: int = 3, label_width: int = 170) -> Image.Image:
-    """One labelled row of images per entry: an overview of many datasets in one picture."""
-    sheets = [(label, contact_sheet(imgs, cols=len(imgs), scale=scale)) for label, imgs in rows]
-    width = label_width + max(s.width for _, s in sheets)
-    out = Image.new("RGB", (width, sum(s.height for _, s in sheets)), (255, 255, 255))
-    draw = ImageDraw.Draw(out)
-    y = 0
-    for label, sheet in sheets:
-        draw.text((4, y + sheet.height // 2 - 5), label, fill=(0, 0, 0))
-        out.paste(sheet, (label_width, y))
-        y += sheet.height
-    return out
-
-
-def save_png(image: Image.Image, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, format="PNG", optimize=False)
-    return path
 
 
 # ------------------------------------------------------------------------------------------------ study figures

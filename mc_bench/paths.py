@@ -1,0 +1,40 @@
+"""Where things are — the repository, the manifests, the world's models, the cache — and how sources are spelled.
+
+A leaf module: it imports nothing of the kit, so every part of it can use these names.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MANIFEST_DIR = REPO_ROOT / "data_manifests"
+NOTEBOOKS = REPO_ROOT / "notebooks"
+WORLD_MODELS = REPO_ROOT / "world_models"  # the tiny CLIP, the shared VAE and the zoo, committed
+CLIP_DIR = "tiny-clip"
+VAE_DIR = "tiny-vae"
+
+WORLD_PREFIX = "world:"  # a dataset built by mc_bench.world
+HUB_PREFIX = "hf:"  # a Hugging Face hub id
+
+
+def cache_dir() -> Path:
+    """Where built datasets and derived files go: ``$MC_BENCH_CACHE`` or ``~/.cache/mc_bench``."""
+    return Path(os.environ.get("MC_BENCH_CACHE", Path.home() / ".cache" / "mc_bench")).expanduser()
+
+
+def study_dir_for(profile_id: str) -> Path:
+    """The default folder of a profile's study: ``results/<profile>``."""
+    return REPO_ROOT / "results" / profile_id
+
+
+def is_hub(source: str) -> bool:
+    return source.startswith(HUB_PREFIX)
+
+
+def hub_id(source: str) -> str:
+    """``"hf:org/name"`` → ``"org/name"``."""
+    if not is_hub(source):
+        raise ValueError(f"{source!r} is not a hub source ({HUB_PREFIX}<id>)")
+    return source[len(HUB_PREFIX):]

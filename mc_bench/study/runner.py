@@ -1,0 +1,292 @@
+"""The study: a profile's model × dataset grid as papermill notebooks on Dask, then profile, graph, choose, report.
+
+``mc-bench run --profile NAME`` (:func:`run_study`) executes, into the study folder (``results/<profile>/``):
+
+1. the grid — one *cell* per (model, dataset): ``notebooks/02_finetune.ipynb`` then ``03_evaluate.ipynb``, run
+   by papermill in the cell's run folder, whose executed notebooks are the cell's record. Cells run on a Dask
+   cluster: a ``LocalCluster`` of one-thread worker processes by default, or ``scheduler=ADDRESS``; a GPU
+   profile's cells ask for the worker resource ``GPU``;
+2. ``01_profile``, ``04_graph``, ``05_choose`` and ``06_report`` (exported to ``report.html``).
+
+Resumable: a cell whose ``cell.json`` says done is skipped; a running or missing one is (re)done — the
+fine-tune resumes from its last checkpoint; a failed one keeps its error and is retried only with
+``retry_failed``. Killing the runner and starting it again loses nothing and duplicates nothing.
+
+The study folder and its tables are described in :mod:`mc_bench.study.tables`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+
+from ..config import Manifests, Profile, load_manifests
+from ..io import write_json
+from ..paths import NOTEBOOKS, study_dir_for
+from ..world.data import load_dataset_split
+from .tables import (CELL_RECORD, cell_dir, cells_table, collect_metrics, grid, read_cell, write_study_record)
+
+FINETUNE_NB, EVALUATE_NB = "02_finetune.ipynb", "03_evaluate.ipynb"
+STUDY_NOTEBOOKS = ("01_profile.ipynb", "04_graph.ipynb", "05_choose.ipynb", "06_report.ipynb")
+
+
+# ------------------------------------------------------------------------------------------------ one cell
+
+
+@functools.cache
+def _kernel_manager_class(threads: int = 1):
+    """Kernels over Unix-domain sockets (ipc) rather than TCP ports — kernels started at the same moment by several
+    workers cannot race for a port, and nothing listens on the network — started with ``threads`` OpenMP/MKL
+    threads in their environment (the worker's own environment is left as it is)."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class IPCKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs):
+            kwargs.setdefault("transport", "ipc")
+            super().__init__(**kwargs)
+
+        async def start_kernel(self, **kw):
+            env = dict(kw.pop("env", None) or os.environ)
+            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+            return await super().start_kernel(env=env, **kw)
+
+    return IPCKernelManager
+
+
+@contextmanager
+def _stderr_to(path: Path):
+    """Point file descriptor 2 (inherited by kernels) at ``path`` for the duration."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "w") as fh:
+        os.dup2(fh.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _execute(notebook: str, output: Path, parameters: dict, cwd: Path, threads: int = 1) -> dict:
+    """Run a notebook with papermill; returns wall time, the time inside its cells and the first (import) cell."""
+    import nbformat
+    import papermill as pm
+
+    start = time.perf_counter()
+    for attempt in range(2):
+        try:
+            with _stderr_to(output.with_suffix(".log")):  # the kernel's own log lines, kept beside its notebook
+                pm.execute_notebook(str(NOTEBOOKS / notebook), str(output), parameters=parameters, cwd=str(cwd),
+                                    progress_bar=False, kernel_name="python3", log_output=False, start_timeout=180,
+                                    kernel_manager_class=_kernel_manager_class(threads),
+                                    shutdown_kernel="immediate")  # outputs are saved by then: no 2 s graceful wait
+            break
+        except RuntimeError as err:  # a kernel that never came up is retried once; a failing notebook is not
+            if attempt or "Kernel didn't respond" not in str(err):
+                raise
+    wall = time.perf_counter() - start
+    nb = nbformat.read(output, as_version=4)
+    durations = [c.metadata.get("papermill", {}).get("duration") or 0.0 for c in nb.cells if c.cell_type == "code"]
+    return {"wall": wall, "cells": sum(durations), "first_cell": durations[0] if durations else 0.0}
+
+
+def run_cell(study_dir: str | Path, model: str, dataset: str, profile: str, manifests: str | None = None,
+             threads: int = 1, weights: str | None = None) -> dict:
+    """Fine-tune + generate (02) and evaluate (03) one (model, dataset) cell; writes and returns ``cell.json``."""
+    folder = cell_dir(Path(study_dir), model, dataset)
+    folder.mkdir(parents=True, exist_ok=True)
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    write_json(folder / CELL_RECORD, {"model": model, "dataset": dataset, "status": "running", "started": started})
+    common = {"profile": profile, "manifests": manifests, "threads": threads}
+    try:
+        ft = _execute(FINETUNE_NB, folder / "finetune.ipynb",
+                      {"model": model, "dataset": dataset, "run_dir": str(folder), **common}, folder, threads)
+        ev = _execute(EVALUATE_NB, folder / "evaluate.ipynb", {"run_dir": str(folder), "weights": weights, **common},
+                      folder, threads)
+    except Exception as err:  # papermill's execution error carries the notebook's traceback text
+        message = f"{type(err).__name__}: {err}".strip().splitlines()
+        record = {"model": model, "dataset": dataset, "status": "failed", "started": started,
+                  "error": " | ".join(line for line in message if line.strip())[:2000],
+                  "traceback": traceback.format_exc(limit=3)[-2000:]}
+        write_json(folder / CELL_RECORD, record)
+        return record
+    timings = json.loads((folder / "timings.json").read_text())
+    seconds = {
+        "finetune_notebook": round(ft["wall"], 3), "evaluate_notebook": round(ev["wall"], 3),
+        # kernel start-up: what papermill spends outside the notebook's cells (launch, connect, save)
+        "kernel_startup": round(ft["wall"] - ft["cells"] + ev["wall"] - ev["cells"], 3),
+        "imports": round(ft["first_cell"] + ev["first_cell"], 3),
+        "train": timings.get("train_seconds"), "sample": timings.get("sample_seconds"),
+        "evaluate": round(ev["cells"] - ev["first_cell"], 3),
+    }
+    record = {"model": model, "dataset": dataset, "status": "done", "started": started,
+              "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": seconds}
+    write_json(folder / CELL_RECORD, record)
+    return record
+
+
+# ------------------------------------------------------------------------------------------------ the grid
+
+
+def pending_cells(study_dir: Path, profile: Profile, retry_failed: bool = False) -> tuple[list, list, list]:
+    """(to run, done, failed) cells of the grid, from their records."""
+    todo, done, failed = [], [], []
+    for model, dataset in grid(profile):
+        record = read_cell(cell_dir(study_dir, model, dataset)) or {}
+        status = record.get("status")
+        if status == "done":
+            done.append((model, dataset))
+        elif status == "failed" and not retry_failed:
+            failed.append((model, dataset))
+        else:
+            todo.append((model, dataset))
+    return todo, done, failed
+
+
+def _client(scheduler: str | None, workers: int, gpus: int):
+    from dask.distributed import Client, LocalCluster
+
+    if scheduler:
+        return Client(scheduler), None
+    resources = {"GPU": gpus} if gpus else None
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                           resources=resources, silence_logs=40)
+    return Client(cluster), cluster
+
+
+def _prebuild(manifests: Manifests, profile: Profile) -> None:
+    """Build the world datasets of the grid once, before cells run in parallel."""
+    for dataset in profile.datasets:
+        if manifests.dataset(dataset).source_kind == "world":
+            load_dataset_split(manifests, dataset, "train")
+
+
+def run_grid(study_dir: str | Path, profile_id: str, manifests: str | Path | None = None,
+             scheduler: str | None = None, workers: int = 2, retry_failed: bool = False, progress: bool = True,
+             weights: str | None = None) -> pd.DataFrame:
+    """Run every pending cell of the grid on Dask; returns the cells table (also ``cells.csv``)."""
+    from dask.distributed import as_completed
+    from tqdm.auto import tqdm
+
+    study_dir = Path(study_dir)
+    m = load_manifests(manifests)
+    profile = m.profile(profile_id)
+    study_dir.mkdir(parents=True, exist_ok=True)
+    write_study_record(study_dir, m, profile)
+    _prebuild(m, profile)
+    todo, done, failed = pending_cells(study_dir, profile, retry_failed)
+    total = len(grid(profile))
+    bar = tqdm(total=total, initial=len(done) + len(failed), desc=f"grid {profile_id}", unit="cell",
+               disable=not progress)
+    counts = {"done": len(done), "failed": len(failed)}
+
+    def show():
+        bar.set_postfix(done=counts["done"], failed=counts["failed"], remaining=total - counts["done"] - counts["failed"])
+
+    show()
+    if todo:
+        gpu = profile.train.device == "cuda"
+        client, cluster = _client(scheduler, workers, 1 if gpu else 0)
+        try:
+            futures = [client.submit(run_cell, str(study_dir), model, dataset, profile_id,
+                                     str(manifests) if manifests else None, 1, weights,
+                                     key=f"cell-{model}__{dataset}-{time.time_ns()}", pure=False,
+                                     resources={"GPU": 1} if gpu else None)
+                       for model, dataset in todo]
+            for future in as_completed(futures):
+                record = future.result()
+                counts["done" if record["status"] == "done" else "failed"] += 1
+                if record["status"] == "failed":
+                    bar.write(f"failed: {record['model']} on {record['dataset']}: {record['error'][:300]}")
+                bar.update(1)
+                show()
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+    bar.close()
+    return cells_table(study_dir, profile)
+
+
+# ------------------------------------------------------------------------------------------------ the study
+
+
+def run_study_notebooks(study_dir: Path, manifests: str | Path | None = None, seed: int = 0,
+                        ablations: bool = True) -> dict:
+    """01, 04, 05 and 06 on the study folder, then ``report.html``; returns seconds per notebook."""
+    out = Path(study_dir) / "notebooks"
+    out.mkdir(parents=True, exist_ok=True)
+    seconds = {}
+    params = {"study_dir": str(Path(study_dir).resolve()), "manifests": str(manifests) if manifests else None}
+    extra = {"05_choose.ipynb": {"bootstrap_seed": seed, "ablations": ablations}}
+    for notebook in STUDY_NOTEBOOKS:
+        seconds[notebook] = round(_execute(notebook, out / notebook, {**params, **extra.get(notebook, {})},
+                                           Path(study_dir))["wall"], 3)
+    export_html(out / "06_report.ipynb", Path(study_dir) / "report.html")
+    return seconds
+
+
+def export_html(notebook: Path, target: Path) -> Path:
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+    body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4))
+    target.write_text(body)
+    return target
+
+
+def run_study(profile_id: str, study_dir: str | Path | None = None, manifests: str | Path | None = None,
+              scheduler: str | None = None, workers: int = 2, retry_failed: bool = False, progress: bool = True,
+              weights: str | None = None, ablations: bool = True, grid_only: bool = False) -> dict:
+    """The whole study (see the module docstring). Returns a summary with seconds per stage. ``grid_only``: the
+    grid and its metric tables, without the study notebooks."""
+    study_dir = Path(study_dir) if study_dir else study_dir_for(profile_id)
+    start = time.perf_counter()
+    cells = run_grid(study_dir, profile_id, manifests, scheduler, workers, retry_failed, progress, weights)
+    grid_seconds = time.perf_counter() - start
+    collect_metrics(study_dir, profile_id, manifests)
+    notebooks = {} if grid_only else run_study_notebooks(study_dir, manifests, ablations=ablations)
+    done = cells[cells["status"] == "done"]
+    cell_seconds = float((done["finetune_notebook"] + done["evaluate_notebook"]).sum()) if len(done) else 0.0
+    summary = {"profile": profile_id, "cells": len(cells), "done": int((cells["status"] == "done").sum()),
+               # kernel launch + papermill overhead over the time of the grid's notebooks (imports counted apart)
+               "kernel_startup_share": round(float(done["kernel_startup"].sum()) / cell_seconds, 4)
+               if cell_seconds else None,
+               "imports_share": round(float(done["imports"].sum()) / cell_seconds, 4) if cell_seconds else None,
+               "failed": int((cells["status"] == "failed").sum()), "grid_seconds": round(grid_seconds, 1),
+               "notebook_seconds": notebooks, "total_seconds": round(time.perf_counter() - start, 1)}
+    write_json(study_dir / "run_summary.json", summary)
+    return summary
+
+
+def drop_figures(study_dir: str | Path) -> int:
+    """Remove image outputs from the grid's executed notebooks (their text outputs, parameters and timings stay;
+    the samples themselves are in each run's ``samples/``): the 640 executed notebooks of the committed
+    ``cpu-paper`` study take 8.8 MB without their figures. Returns the number of notebooks rewritten."""
+    import nbformat
+
+    count = 0
+    for path in sorted(Path(study_dir).glob("runs/*/*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        changed = False
+        for cell in nb.cells:
+            for output in cell.get("outputs", []):
+                data = output.get("data", {})
+                for key in [k for k in data if k.startswith("image/")]:
+                    del data[key]
+                    data.setdefault("text/plain", "<figure dropped to keep the committed study small>")
+                    changed = True
+        if changed:
+            nbformat.write(nb, path)
+            count += 1
+    return count

@@ -1,0 +1,323 @@
+"""Fine-tune: LoRA or full fine-tuning of a Stable-Diffusion-family pipeline on a manifest dataset.
+
+The objective follows diffusers' ``train_text_to_image.py`` / ``train_text_to_image_lora.py``: resize to the
+training resolution, centre or random crop, optional flip; encode with the VAE (a posterior sample times its
+``scaling_factor``); draw noise and timesteps; add noise with the pipeline's scheduler and regress the target of
+its ``prediction_type`` (``epsilon``: the noise; ``v_prediction``: the velocity; ``sample``: the clean latents),
+optionally weighted by min-SNR-γ (Hang et al., 2023). Captions are dropped (replaced by the empty caption) with
+probability ``caption_dropout`` so that classifier-free guidance works. AdamW, a diffusers learning-rate schedule
+with warm-up, gradient accumulation, gradient clipping, optional gradient checkpointing; bf16/fp16 autocast on a
+GPU, float32 on CPU.
+
+Every random draw (data order, crops, flips, caption dropout, VAE posterior samples, noise, timesteps) comes from one
+``torch.Generator`` seeded by ``TrainSettings.seed``, whose state is checkpointed with the trainable weights, the
+optimizer, the learning-rate schedule and the data order. On CPU the same configuration gives identical weights, and
+a run killed and resumed from its latest checkpoint ends with the same weights as an uninterrupted one.
+
+The run folder and its configuration are described in :mod:`mc_bench.train.runs`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import TrainSettings, load_manifests
+from ..errors import InputError
+from ..io import atomic_path, library_versions, write_json
+from ..world.data import load_dataset_split, resize_shorter
+from .generate import generate_run
+from .loss import diffusion_loss, encode_text, images_to_tensor
+from .runs import (CHECKPOINTS, LORA_DIR, UNET_DIR, FinetuneConfig, load_pipeline, peak_memory_mb, pick_device,
+                   read_status, run_lock, write_status)
+
+
+def crop_and_flip(images: list[np.ndarray], resolution: int, center: bool, flip: bool,
+                  generator: torch.Generator) -> np.ndarray:
+    """Centre or random crop to ``resolution`` and optional horizontal flip, drawn from ``generator``."""
+    batch = []
+    for image in images:
+        h, w = image.shape[:2]
+        if center:
+            top, left = (h - resolution) // 2, (w - resolution) // 2
+        else:
+            top = int(torch.randint(0, h - resolution + 1, (1,), generator=generator))
+            left = int(torch.randint(0, w - resolution + 1, (1,), generator=generator))
+        image = image[top:top + resolution, left:left + resolution]
+        if flip and bool(torch.rand(1, generator=generator) < 0.5):
+            image = image[:, ::-1]
+        batch.append(image)
+    return np.stack(batch)
+
+
+def _write_losses(path: Path, losses: list[tuple[int, float, float]]) -> None:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["step", "loss", "lr"])
+        writer.writerows(losses)
+
+
+# ------------------------------------------------------------------------------------------------ trainer
+
+
+def add_lora(unet, settings: TrainSettings) -> None:
+    """Attach a peft LoRA adapter to the UNet's attention projections (diffusers' LoRA script's config)."""
+    from peft import LoraConfig
+
+    unet.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=settings.lora_rank, lora_alpha=settings.lora_alpha or settings.lora_rank,
+                                init_lora_weights="gaussian", target_modules=list(settings.lora_target_modules)))
+
+
+def trainable_state(unet) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone().contiguous() for name, p in unet.named_parameters() if p.requires_grad}
+
+
+def save_lora(unet, folder: Path) -> None:
+    """Save the LoRA layers in the format ``StableDiffusionPipeline.load_lora_weights`` reads."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=layers, safe_serialization=True)
+
+
+class Trainer:
+    """The training loop of one run (see the module docstring); :func:`finetune` is the entry point."""
+
+    def __init__(self, config: FinetuneConfig, pipe, images: list[np.ndarray], captions: list[str],
+                 device: torch.device):
+        from diffusers import DDPMScheduler
+        from diffusers.optimization import get_scheduler
+
+        s = self.settings = config.train
+        self.config, self.pipe, self.device = config, pipe, device
+        self.run_dir = Path(config.run_dir)
+        self.resolution = s.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
+        self.images = resize_shorter(images, self.resolution)
+        self.captions = captions
+        self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        weight_dtype = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[s.mixed_precision]
+        self.autocast_dtype = weight_dtype
+        for frozen in (pipe.vae, pipe.text_encoder):
+            frozen.requires_grad_(False).eval()
+            if device.type != "cpu" or weight_dtype != torch.float32:
+                frozen.to(device, weight_dtype)
+        unet = self.unet = pipe.unet
+        torch.manual_seed(s.seed)  # peft initialises LoRA layers from the global RNG
+        if s.method == "lora":
+            add_lora(unet, s)
+        else:
+            unet.requires_grad_(True)
+        if device.type != "cpu":
+            unet.to(device)
+        unet.train()
+        if s.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+        self.params = [p for p in unet.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=s.learning_rate, weight_decay=s.adam_weight_decay)
+        self.lr_scheduler = get_scheduler(s.lr_scheduler, self.optimizer, num_warmup_steps=s.lr_warmup_steps,
+                                          num_training_steps=s.steps)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=s.mixed_precision == "fp16")
+        self.generator = torch.Generator().manual_seed(s.seed)
+        self.order = torch.randperm(len(self.images), generator=self.generator)
+        self.cursor = 0
+        self.step = 0
+        self.losses: list[tuple[int, float, float]] = []
+
+    # -- data
+    def next_batch(self) -> tuple[np.ndarray, list[str]]:
+        idx = []
+        while len(idx) < self.settings.batch_size:
+            if self.cursor == len(self.order):  # a new epoch: a new permutation
+                self.order = torch.randperm(len(self.images), generator=self.generator)
+                self.cursor = 0
+            take = min(self.settings.batch_size - len(idx), len(self.order) - self.cursor)
+            idx += self.order[self.cursor:self.cursor + take].tolist()
+            self.cursor += take
+        images = crop_and_flip([self.images[i] for i in idx], self.resolution, self.settings.center_crop,
+                               self.settings.random_flip, self.generator)
+        drop = torch.rand(len(idx), generator=self.generator) < self.settings.caption_dropout
+        captions = ["" if d else self.captions[i] for i, d in zip(idx, drop.tolist())]
+        return images, captions
+
+    def micro_step(self) -> torch.Tensor:
+        images, captions = self.next_batch()
+        pipe, device = self.pipe, self.device
+        with torch.no_grad():
+            pixels = images_to_tensor(images).to(device, self.autocast_dtype)
+            dist = pipe.vae.encode(pixels).latent_dist
+            eps = torch.randn(dist.mean.shape, generator=self.generator).to(device, dist.mean.dtype)
+            latents = ((dist.mean + dist.std * eps) * pipe.vae.config.scaling_factor).float()
+            text = encode_text(pipe.tokenizer, pipe.text_encoder, captions).float()
+        with torch.autocast(device.type, dtype=self.autocast_dtype, enabled=self.settings.mixed_precision != "no"):
+            return diffusion_loss(self.unet, self.noise_scheduler, latents, text, self.generator,
+                                  self.settings.snr_gamma)
+
+    def train_step(self) -> float:
+        accumulation = self.settings.gradient_accumulation_steps
+        total = 0.0
+        for _ in range(accumulation):
+            loss = self.micro_step()
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss ({loss.item()}) at step {self.step + 1}")
+            self.scaler.scale(loss / accumulation).backward()
+            total += loss.item() / accumulation
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.params, self.settings.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        lr = self.lr_scheduler.get_last_lr()[0]
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.losses.append((self.step, total, lr))
+        return total
+
+    # -- checkpoints
+    def save_checkpoint(self) -> Path:
+        from safetensors.torch import save_file
+
+        root = self.run_dir / CHECKPOINTS
+        final = root / f"step-{self.step:06d}"
+        tmp = root / f".tmp-step-{self.step:06d}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file(trainable_state(self.unet), tmp / "trainable.safetensors")
+        torch.save({"step": self.step, "optimizer": self.optimizer.state_dict(),
+                    "lr_scheduler": self.lr_scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                    "generator": self.generator.get_state(), "order": self.order, "cursor": self.cursor,
+                    "losses": self.losses}, tmp / "state.pt")
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)  # a checkpoint exists completely or not at all
+        for old in sorted(root.glob("step-*"))[:-self.settings.keep_checkpoints]:
+            shutil.rmtree(old)
+        _write_losses(self.run_dir / "loss.csv", self.losses)
+        return final
+
+    def load_checkpoint(self, folder: Path) -> None:
+        from safetensors.torch import load_file
+
+        weights = load_file(folder / "trainable.safetensors")
+        params = dict(self.unet.named_parameters())
+        with torch.no_grad():
+            for name, value in weights.items():
+                params[name].copy_(value)
+        state = torch.load(folder / "state.pt", weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.generator.set_state(state["generator"])
+        self.order, self.cursor, self.step, self.losses = state["order"], state["cursor"], state["step"], state["losses"]
+
+    def save_weights(self) -> Path:
+        if self.settings.method == "lora":
+            save_lora(self.unet, self.run_dir / LORA_DIR)
+            return self.run_dir / LORA_DIR
+        self.unet.save_pretrained(self.run_dir / UNET_DIR, safe_serialization=True)
+        return self.run_dir / UNET_DIR
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = sorted((Path(run_dir) / CHECKPOINTS).glob("step-*"))
+    return found[-1] if found else None
+
+
+def _same_run(run_dir: Path, config: FinetuneConfig) -> bool:
+    saved = Path(run_dir) / "config.json"
+    return saved.is_file() and (FinetuneConfig.model_validate_json(saved.read_text()).training_fields
+                                == config.training_fields)
+
+
+def _prepare_run_dir(config: FinetuneConfig) -> None:
+    """Create the run folder, or check that an existing one holds the same run (then it is resumed)."""
+    run_dir = Path(config.run_dir)
+    saved = run_dir / "config.json"
+    if saved.is_file():
+        old = FinetuneConfig.model_validate_json(saved.read_text())
+        if old.training_fields != config.training_fields:
+            raise InputError(saved, "the run folder holds a run with a different training configuration",
+                             "use another run_dir, or delete this folder to start again")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(saved, json.loads(config.model_dump_json()))
+    write_json(run_dir / "versions.json", library_versions())
+
+
+def finetune(config: FinetuneConfig, sample: bool = True, stop_after: int | None = None) -> dict:
+    """Fine-tune (resuming from the run folder's latest checkpoint), save the weights, then generate samples
+    for the dataset's held-out captions. Returns the status record (also in ``status.json``).
+
+    A run already marked done is returned as it is. A non-finite loss marks the run failed with its reason;
+    the checkpoints already written stay. ``stop_after`` ends training early (tests of resumption)."""
+    config = config.resolved()
+    run_dir = Path(config.run_dir)
+    status = read_status(run_dir)
+    if status and status["status"] == "done" and _same_run(run_dir, config):
+        return status
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir):
+        return _finetune_locked(config, sample, stop_after)
+
+
+def _finetune_locked(config: FinetuneConfig, sample: bool, stop_after: int | None) -> dict:
+    run_dir = Path(config.run_dir)
+    status = read_status(run_dir)
+    if status and status["status"] == "done" and _same_run(run_dir, config):  # done while we waited
+        return status
+    _prepare_run_dir(config)
+    manifests = load_manifests(config.manifests)
+    device = pick_device(config.train.device)
+    images, captions = load_dataset_split(manifests, config.dataset, "train")
+    pipe = load_pipeline(config)
+    trainer = Trainer(config, pipe, images, captions, device)
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is not None:
+        trainer.load_checkpoint(checkpoint)
+    resumed_from = trainer.step
+    write_status(run_dir, "running", step=trainer.step, resumed_from=resumed_from or None)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    every = config.train.checkpoint_every
+    try:
+        while trainer.step < config.train.steps:
+            trainer.train_step()
+            if every and trainer.step % every == 0 and trainer.step < config.train.steps:
+                trainer.save_checkpoint()
+            if stop_after is not None and trainer.step >= stop_after:
+                return write_status(run_dir, "running", step=trainer.step)
+    except FloatingPointError as err:
+        _write_losses(run_dir / "loss.csv", trainer.losses)
+        return write_status(run_dir, "failed", step=trainer.step,
+                            reason=f"{err}; lower train.learning_rate or check the dataset's images "
+                                   f"(the checkpoints before it are kept in {run_dir / CHECKPOINTS})")
+    train_seconds = time.perf_counter() - start
+    _write_losses(run_dir / "loss.csv", trainer.losses)
+    trainer.save_weights()
+    timings = {"device": device.type, "train_seconds": round(train_seconds, 3),
+               "train_steps_timed": trainer.step - resumed_from,
+               "steps_per_second": round((trainer.step - resumed_from) / max(train_seconds, 1e-9), 3),
+               "resumed_from_step": resumed_from, "train_peak_memory_mb": round(peak_memory_mb(device), 1),
+               "threads": torch.get_num_threads()}
+    write_json(run_dir / "timings.json", timings)
+    del trainer, pipe
+    if sample:
+        generate_run(run_dir)
+    shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)  # the final weights are saved; resuming is over
+    return write_status(run_dir, "done", step=config.train.steps, final_loss=_final_loss(run_dir))
+
+
+
+
+def _final_loss(run_dir: Path) -> float:
+    import pandas as pd
+
+    losses = pd.read_csv(Path(run_dir) / "loss.csv")["loss"]
+    return float(losses.tail(max(1, len(losses) // 10)).mean()) if len(losses) else None

@@ -1,0 +1,221 @@
+"""The run folder of one fine-tuning run: its typed configuration, its status, and the pipeline it produced.
+
+The run folder (``FinetuneConfig.run_dir``)::
+
+    config.json            the resolved FinetuneConfig (model source and revision included)
+    status.json            {"status": "running" | "done" | "failed", "reason", "step", ...}
+    loss.csv               step, loss, lr                     (one row per optimizer step)
+    lora/pytorch_lora_weights.safetensors   (method "lora": read by ``pipe.load_lora_weights``)
+    unet/                  (method "full": ``UNet2DConditionModel.save_pretrained``)
+    checkpoints/step-NNNNNN/   trainable.safetensors + state.pt (optimizer, schedule, RNG, data order, losses)
+    samples/NNNNN.png, samples.csv (file, caption, seed)      written by :mod:`mc_bench.train.generate`
+    timings.json           train/sample seconds, steps and images per second, peak memory, device
+    versions.json          library versions
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from ..config import GenerateSettings, Manifests, ModelSpec, TrainSettings, load_manifests, resolve_folder, validated
+from ..errors import InputError, ManifestError
+from ..io import write_json
+from ..paths import hub_id, is_hub
+
+LORA_DIR = "lora"
+UNET_DIR = "unet"
+CHECKPOINTS = "checkpoints"
+SUPPORTED_FAMILIES = ("tiny-sd", "sd1", "sd2")
+
+
+class FinetuneConfig(BaseModel):
+    """One fine-tuning run: which model on which dataset, how to train, how to sample, and where it goes.
+
+    ``model`` is a ``models.yaml`` id, a local diffusers folder, or ``hf:<id>`` (then ``revision`` is needed).
+    ``dataset`` is a ``datasets.yaml`` id. The CLI (``mc-bench finetune``) and the fine-tune notebook's parameters
+    build this object; its resolved form is saved as ``config.json`` in ``run_dir``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    model: str
+    dataset: str
+    run_dir: Path
+    revision: str | None = None
+    manifests: Path | None = None
+    train: TrainSettings = TrainSettings()
+    generate: GenerateSettings = GenerateSettings()
+
+    # filled in by resolve()
+    model_source: str | None = None
+    model_family: str | None = None
+
+    def resolved(self) -> "FinetuneConfig":
+        """The config with the model's source, revision and family looked up in ``models.yaml``."""
+        manifests = load_manifests(self.manifests)
+        manifests.dataset(self.dataset)  # an unknown dataset fails here, before anything is written
+        spec = resolve_model(self.model, self.revision, manifests)
+        source = spec.source if is_hub(spec.source) else str(resolve_folder(manifests.folder, spec.source))
+        return self.model_copy(update={"model_source": source, "revision": spec.revision,
+                                       "model_family": spec.family})
+
+    @property
+    def training_fields(self) -> dict:
+        """What determines the trained weights (compared before resuming a run folder)."""
+        return self.model_dump(mode="json", include={"model", "dataset", "revision", "model_source", "train"})
+
+
+def resolve_model(model: str, revision: str | None, manifests: Manifests) -> ModelSpec:
+    """A ``models.yaml`` entry, or an ad-hoc entry for a diffusers folder or ``hf:<id>``."""
+    if model in manifests.models:
+        return manifests.models[model]
+    if is_hub(model):
+        return ModelSpec(id="adhoc", source=model, revision=revision or "main", family="sd1", resolution=512)
+    folder = Path(model).expanduser()
+    if (folder / "model_index.json").is_file():
+        return ModelSpec(id="adhoc", source=str(folder.resolve()), family="sd1", resolution=_folder_resolution(folder))
+    raise ManifestError(
+        manifests.folder / "models.yaml", f"unknown model {model!r} (not an id in models.yaml, not a diffusers "
+        "folder with model_index.json, not hf:<id>)", f"use one of {sorted(manifests.models)[:6]}..., a pipeline "
+        "folder, or hf:<hub id> with --revision")
+
+
+def _folder_resolution(folder: Path) -> int:
+    unet = json.loads((folder / "unet" / "config.json").read_text())
+    vae = json.loads((folder / "vae" / "config.json").read_text())
+    return unet["sample_size"] * 2 ** (len(vae["block_out_channels"]) - 1)
+
+
+def pick_device(setting: str) -> torch.device:
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise InputError("train.device", "cuda was asked for but no GPU is visible", "use device: auto or cpu")
+    return torch.device("cuda" if setting in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+
+
+
+
+def build_config(model: str, dataset: str, run_dir: str | Path, profile: str | None = None,
+                 overrides: dict | None = None, manifests: str | Path | None = None,
+                 revision: str | None = None) -> FinetuneConfig:
+    """The one way a run's configuration is made (CLI, notebook, study runner): the profile's ``train`` and
+    ``generate`` settings (defaults without a profile), updated by ``overrides`` such as
+    ``{"train": {"steps": 100}, "generate": {"n_samples": 32}}``, validated."""
+    base = {"train": {}, "generate": {}}
+    if profile is not None:
+        p = load_manifests(manifests).profile(profile)
+        base = {"train": p.train.model_dump(exclude_unset=True), "generate": p.generate.model_dump(exclude_unset=True)}
+    for section, values in (overrides or {}).items():
+        if section not in base:
+            raise InputError("overrides", f"unknown section {section!r}", "use `train` or `generate`")
+        base[section] = {**base[section], **(values or {})}
+    settings = {"train": validated(TrainSettings, base["train"], "train"),
+                "generate": validated(GenerateSettings, base["generate"], "generate")}
+    return FinetuneConfig(model=model, dataset=dataset, run_dir=Path(run_dir), revision=revision,
+                          manifests=Path(manifests) if manifests else None, **settings)
+
+
+def load_pipeline(config: FinetuneConfig, torch_dtype=torch.float32):
+    """The base pipeline of a resolved config (local folder or hub id at its revision)."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.disable_progress_bar()  # "Loading pipeline components" bars clutter logs and notebooks
+    if config.model_family not in SUPPORTED_FAMILIES:
+        raise InputError(f"model {config.model!r}", f"family {config.model_family!r} is not supported by fine-tuning",
+                         f"fine-tuning supports the SD UNet families {SUPPORTED_FAMILIES}; pick such a model")
+    source = config.model_source
+    if is_hub(source):
+        pipe = StableDiffusionPipeline.from_pretrained(hub_id(source), revision=config.revision, torch_dtype=torch_dtype,
+                                                       safety_checker=None, requires_safety_checker=False)
+    else:
+        if not (Path(source) / "model_index.json").is_file():
+            raise InputError(source, "not a diffusers pipeline folder (model_index.json is missing)",
+                             "point models.yaml at a folder written by save_pretrained, or rebuild the zoo with "
+                             "`mc-bench world zoo --rebuild`")
+        pipe = StableDiffusionPipeline.from_pretrained(source, torch_dtype=torch_dtype, local_files_only=True,
+                                                       safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def load_run_config(run_dir: Path) -> FinetuneConfig:
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise InputError(run_dir, "not a run folder (config.json is missing)",
+                         "pass a folder written by `mc-bench finetune`")
+    return FinetuneConfig.model_validate_json(path.read_text())
+
+
+def load_finetuned_pipeline(run_dir: Path, device: str | torch.device = "cpu"):
+    """The base pipeline with the run's LoRA layers (``load_lora_weights``) or fine-tuned UNet."""
+    from diffusers import UNet2DConditionModel
+
+    run_dir = Path(run_dir)
+    config = load_run_config(run_dir)
+    pipe = load_pipeline(config)
+    if config.train.method == "lora":
+        weights = run_dir / LORA_DIR / "pytorch_lora_weights.safetensors"
+        if not weights.is_file():
+            raise InputError(weights, "LoRA weights missing (the run did not finish)", "rerun `mc-bench finetune`")
+        from diffusers.utils import logging as diffusers_logging
+
+        level = diffusers_logging.get_verbosity()
+        diffusers_logging.set_verbosity_error()  # "no LoRA keys for the text encoder": we train the UNet only
+        try:
+            pipe.load_lora_weights(run_dir / LORA_DIR)
+        finally:
+            diffusers_logging.set_verbosity(level)
+    else:
+        if not (run_dir / UNET_DIR / "config.json").is_file():
+            raise InputError(run_dir / UNET_DIR, "fine-tuned UNet missing (the run did not finish)",
+                             "rerun `mc-bench finetune`")
+        pipe.unet = UNet2DConditionModel.from_pretrained(run_dir / UNET_DIR, torch_dtype=torch.float32)
+    return pipe.to(device)
+
+
+def read_status(run_dir: Path) -> dict | None:
+    path = Path(run_dir) / "status.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write_status(run_dir: Path, status: str, **fields) -> dict:
+    record = {"status": status, **fields, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    write_json(Path(run_dir) / "status.json", record)
+    return record
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+
+@contextmanager
+def run_lock(run_dir: Path, timeout: float = 120.0):
+    """An exclusive lock on the run folder: two processes never train the same run. A process killed while
+    holding it releases it (the OS drops the lock), so a restarted study waits at most for a dying one."""
+    import fcntl
+
+    with open(Path(run_dir) / ".lock", "w") as fh:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise InputError(run_dir, f"the run folder is in use by another process for over {timeout:.0f} s",
+                                     "wait for that run to finish, or stop it") from None
+                time.sleep(0.5)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
