@@ -32,6 +32,7 @@ modalities), kept for the ablation. Tables written by :func:`write_profiles` (sc
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,10 +90,28 @@ def caption_statistics(captions: list[str]) -> dict[str, float]:
 # ------------------------------------------------------------------------------------------- features
 
 
+@contextmanager
+def _one_thread():
+    """Torch on one thread for the block: the features (and every distance made from them) are then the same
+    whatever the caller's thread count; summing in another order changes their last bits."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @torch.no_grad()
 def embed_pairs(model, processor, images: np.ndarray, captions: list[str],
                 batch_size: int = 256) -> dict[str, np.ndarray]:
-    """L2-normalised CLIP features of every image and every caption (float64, one row per pair)."""
+    """L2-normalised CLIP features of every image and every caption (float64, one row per pair), computed in one
+    thread (:func:`_one_thread`)."""
+    with _one_thread():
+        return _embed_pairs(model, processor, images, captions, batch_size)
+
+
+def _embed_pairs(model, processor, images: np.ndarray, captions: list[str], batch_size: int) -> dict[str, np.ndarray]:
     image_feats, text_feats = [], []
     for start in range(0, len(images), batch_size):
         e = model.get_image_features(pixel_values=pixel_values(images[start:start + batch_size],

@@ -118,3 +118,20 @@ def test_cli_choose_images_bad_input(history_folder, tmp_path):
     other.mkdir()
     proc = _choose(no_profiles, "--images", _image_folder(other))
     assert proc.returncode == 2 and "records no dataset profiles" in proc.stderr
+
+
+def test_profiles_do_not_depend_on_the_thread_count():
+    import torch
+
+    manifests = load_manifests()
+    threads = torch.get_num_threads()
+    try:
+        tables = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            tables.append(profile_datasets(manifests, ["digits-low", "shapes-small", "glyphs-lower"], max_images=64))
+    finally:
+        torch.set_num_threads(threads)
+    a, b = tables
+    pd.testing.assert_frame_equal(a.similarity, b.similarity, check_exact=True)
+    pd.testing.assert_frame_equal(a.distances, b.distances, check_exact=True)

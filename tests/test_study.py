@@ -149,3 +149,34 @@ def test_drop_figures_keeps_text_outputs(tmp_path):
     outputs = nbformat.read(tmp_path / "runs" / "m__d" / "finetune.ipynb", as_version=4).cells[0].outputs
     assert "image/png" not in outputs[0]["data"] and outputs[1]["text"] == "loss 0.1\n"
     assert drop_figures(tmp_path) == 0
+
+
+@pytest.mark.parametrize("model, dataset", [("zoo-shapes", "shapes-small"), ("zoo-glyphs", "glyphs-lower")])
+def test_committed_cells_reproduce(tmp_path, model, dataset):
+    """The committed cpu-paper record is what the code makes: two of its cells, rerun from scratch on CPU (one
+    thread, as the study's workers), give the metrics of results/cpu-paper/metrics.csv."""
+    import torch
+
+    from mc_bench.config import evaluate_settings
+    from mc_bench.evaluate import evaluate_run
+    from mc_bench.train.finetune import finetune
+    from mc_bench.train.runs import build_config
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run = tmp_path / "run"
+        assert finetune(build_config(model, dataset, run, profile="cpu-paper"))["status"] == "done"
+        ours = evaluate_run(run, evaluate_settings("cpu-paper")).set_index("metric")
+    finally:
+        torch.set_num_threads(threads)
+    committed = pd.read_csv(REPO_ROOT / "results" / "cpu-paper" / "metrics.csv")
+    committed = committed[(committed["model"] == model) & (committed["dataset"] == dataset)].set_index("metric")
+    computed = committed.index[committed["status"] == "computed"]
+    assert {"fid", "kid", "clip_score"} <= set(computed)
+    np.testing.assert_allclose(ours.loc[computed, "value"].astype(float), committed.loc[computed, "value"], rtol=1e-4)
+    runs = pd.read_csv(REPO_ROOT / "results" / "cpu-paper" / "runs.csv").set_index(["model", "dataset"])
+    losses = pd.read_parquet(REPO_ROOT / "results" / "cpu-paper" / "losses.parquet")
+    cell = losses[(losses["model"] == model) & (losses["dataset"] == dataset)]
+    assert len(cell) == runs.loc[(model, dataset), "train_steps"] == 100
+    np.testing.assert_allclose(pd.read_csv(run / "loss.csv")["loss"], cell["loss"], rtol=1e-4)

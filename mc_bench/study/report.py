@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
+
+from ..config import load_manifests
+from ..evaluate import DIRECTIONS
+from ..images import labelled_rows, save_png
+from ..train.generate import read_samples
+from ..world.data import load_dataset_split, resize_shorter
+from .tables import cell_dir
 
 
 # ------------------------------------------------------------------------------------------------ study figures
@@ -26,30 +37,68 @@ def performance_heatmap(history, ax=None):
     return ax
 
 
-def draw_matching_graph(graph, ax=None, seed: int = 0):
-    """Model nodes (squares) and dataset nodes (circles); performance edges coloured by weight, pretraining
-    edges dashed, similarity edges grey."""
+def draw_matching_graph(graph, ax=None, families: dict | None = None):
+    """The matching graph laid out so that a reader sees which models serve which datasets: pretraining datasets
+    on the left, models in the middle, the fine-tuning datasets on the right grouped by family (``families``:
+    dataset id -> family; default: the id's first word). A model–dataset edge is drawn for every pair above the
+    graph's quality threshold, its width the normalised quality after fine-tuning and its colour the model's;
+    pretraining edges are dashed. Dataset–dataset similarity edges are left out (notebook 01 shows them)."""
     import matplotlib.pyplot as plt
-    import networkx as nx
+    from matplotlib.lines import Line2D
 
+    nodes = dict(graph.nodes(data=True))
+    edges = list(graph.edges(data=True))
+    models = sorted(n for n, d in nodes.items() if d.get("kind") == "model")
+    pretrain = {v if nodes[v].get("kind") == "dataset" else u for u, v, d in edges if d.get("kind") == "pretrain"}
+    performed = {v if nodes[v].get("kind") == "dataset" else u for u, v, d in edges if d.get("kind") == "performance"}
+    targets = [n for n, d in nodes.items() if d.get("kind") == "dataset" and n not in pretrain
+               and (n in performed or any(True for _ in graph.neighbors(n)))]
+    family = (lambda n: families.get(nodes[n]["id"], "other")) if families else (
+        lambda n: nodes[n]["id"].split("-")[0] if "-" in nodes[n]["id"] else nodes[n]["id"].split("_")[0])
+    targets = sorted(targets, key=lambda n: (family(n), nodes[n]["id"]))
+    # y positions: targets with a gap between families, models and sources spread over the same height
+    y, pos, last = 0.0, {}, None
+    for n in targets:
+        if last is not None and family(n) != last:
+            y += 1.0
+        pos[n], last, y = (1.0, -y), family(n), y + 1
+    height = max(y - 1, 1)
+    for column, x in ((models, 0.0), (sorted(pretrain, key=lambda n: nodes[n]["id"]), -1.0)):
+        for k, n in enumerate(column):
+            pos[n] = (x, -height * (k + 0.5) / max(len(column), 1))
     if ax is None:
-        _, ax = plt.subplots(figsize=(9, 7))
-    pos = nx.spring_layout(graph, weight="weight", seed=seed)
-    models = [n for n, d in graph.nodes(data=True) if d.get("kind") == "model"]
-    datasets = [n for n, d in graph.nodes(data=True) if d.get("kind") == "dataset"]
-    by_kind = {k: [(a, b) for a, b, d in graph.edges(data=True) if d.get("kind") == k]
-               for k in ("performance", "pretrain", "similarity")}
-    nx.draw_networkx_edges(graph, pos, edgelist=by_kind["similarity"], ax=ax, edge_color="0.8", width=0.6)
-    nx.draw_networkx_edges(graph, pos, edgelist=by_kind["pretrain"], ax=ax, style="dashed", edge_color="tab:orange")
-    weights = [graph.edges[e]["weight"] for e in by_kind["performance"]]
-    nx.draw_networkx_edges(graph, pos, edgelist=by_kind["performance"], ax=ax, edge_color=weights,
-                           edge_cmap=plt.cm.Blues, edge_vmin=0, edge_vmax=1, width=1.2)
-    nx.draw_networkx_nodes(graph, pos, nodelist=datasets, ax=ax, node_color="tab:green", node_size=60)
-    nx.draw_networkx_nodes(graph, pos, nodelist=models, ax=ax, node_color="tab:purple", node_shape="s", node_size=120)
-    nx.draw_networkx_labels(graph, pos, labels={n: graph.nodes[n]["id"] for n in models}, ax=ax, font_size=7)
+        _, ax = plt.subplots(figsize=(11, 0.22 * len(pos) + 2))
+    colours = plt.cm.tab10(np.linspace(0, 1, 10))[np.arange(len(models)) % 10]
+    colour = {m: colours[k] for k, m in enumerate(models)}
+    for u, v, d in edges:
+        if u not in pos or v not in pos:
+            continue
+        m = u if nodes[u].get("kind") == "model" else v
+        (x0, y0), (x1, y1) = pos[u], pos[v]
+        if d.get("kind") == "performance":  # the best model of a dataset (weight 1) stands out
+            strength = max(d["weight"] - 0.5, 0.0) / 0.5
+            ax.plot([x0, x1], [y0, y1], color=colour[m], lw=0.3 + 2.7 * strength, alpha=0.1 + 0.85 * strength ** 3)
+        elif d.get("kind") == "pretrain":
+            ax.plot([x0, x1], [y0, y1], color="0.55", lw=0.8, ls="--", alpha=0.8)
+    for n, (x, yy) in pos.items():
+        kind = nodes[n].get("kind")
+        if kind == "model":
+            ax.scatter([x], [yy], s=70, marker="s", color=colour[n], zorder=3)
+            ax.text(x, yy + 0.45, nodes[n]["id"], ha="center", va="bottom", fontsize=7, zorder=4)
+        else:
+            ax.scatter([x], [yy], s=22, color="tab:green" if x > 0 else "0.4", zorder=3)
+            ax.text(x + (0.03 if x > 0 else -0.03), yy, nodes[n]["id"], ha="left" if x > 0 else "right",
+                    va="center", fontsize=7)
+    for fam in dict.fromkeys(family(n) for n in targets):
+        first = next(n for n in targets if family(n) == fam)
+        ax.text(1.55, pos[first][1], fam, fontsize=8, fontweight="bold", va="center")
+    ax.set_xlim(-1.6, 1.8)
     ax.set_axis_off()
-    ax.set_title("matching graph: models (squares), datasets (circles); blue = quality after fine-tuning, "
-                 "orange dashed = pretraining, grey = similarity", fontsize=8)
+    ax.legend(handles=[Line2D([], [], color="0.3", lw=3, label="fine-tuned quality (width and opacity: normalised, "
+                                                                  "> 0.5; the widest: the dataset's best model)"),
+                       Line2D([], [], color="0.55", lw=1, ls="--", label="pretrained on")],
+              loc="lower center", bbox_to_anchor=(0.5, -0.06), ncol=2, fontsize=8, frameon=False)
+    ax.set_title("matching graph: pretraining data (left), models (middle), datasets by family (right)", fontsize=9)
     return ax
 
 
@@ -92,8 +141,6 @@ def regret_plot(lodo, ax=None):
 def cost_table(cells, lodo, profile_seconds_per_dataset: float):
     """Seconds per stage over the grid, and the cost of a new dataset: fine-tuning and evaluating every candidate
     against Match & Choose (profile the dataset, fit the ranker on the history, rank)."""
-    import pandas as pd
-
     done = cells[cells["status"] == "done"]
     stages = ["train", "sample", "evaluate", "kernel_startup", "imports"]
     per_stage = pd.DataFrame({"stage": stages, "seconds_total": [float(done[s].sum()) for s in stages],
@@ -105,3 +152,36 @@ def cost_table(cells, lodo, profile_seconds_per_dataset: float):
         {"approach": "Match & Choose (profile + fit + rank)", "seconds": float(profile_seconds_per_dataset + mc)},
     ])
     return per_stage, new_dataset
+
+
+# ------------------------------------------------------------------------------------------------ contact sheets
+
+
+def write_contact_sheets(study_dir, n_images: int = 6, manifests=None) -> list:
+    """One PNG per dataset of the study (``contact_sheets/<dataset>.png``): a row of held-out real images, then a
+    row of samples per model, labelled with the model and its label value, best first. Made from the per-cell
+    folders (``runs/``), so it is written when the grid has run; the committed sheets stay when they are gone."""
+    study_dir = Path(study_dir)
+    record = json.loads((study_dir / "study.json").read_text())
+    label = record["profile"]["evaluate"]["quality"]
+    m = load_manifests(manifests if manifests is not None else record.get("manifests"))
+    performance = pd.read_csv(study_dir / "performance.csv")
+    written = []
+    for dataset, group in performance.groupby("dataset", sort=False):
+        group = group.sort_values(label, ascending=DIRECTIONS[label] == "lower")
+        real, _ = load_dataset_split(m, dataset, "eval")
+        rows = []
+        for _, r in group.iterrows():
+            folder = cell_dir(study_dir, r["model"], dataset)
+            if not (folder / "samples.csv").is_file():
+                continue
+            fake, _ = read_samples(folder)
+            rows.append((f"{r['model']}  {label} {r[label]:.1f}", fake[:n_images]))
+        if not rows:
+            continue
+        size = rows[0][1].shape[1]
+        real = np.stack([im[:size, :size] for im in resize_shorter(real[:n_images], size)])
+        path = study_dir / "contact_sheets" / f"{dataset}.png"
+        save_png(labelled_rows([(f"{dataset}: real (held-out)", real)] + rows, scale=2, label_width=230), path)
+        written.append(path)
+    return written

@@ -32,7 +32,8 @@ from ..config import Manifests, Profile, load_manifests
 from ..io import write_json
 from ..paths import NOTEBOOKS, study_dir_for
 from ..world.data import load_dataset_split
-from .tables import (CELL_RECORD, cell_dir, cells_table, collect_metrics, grid, read_cell, write_study_record)
+from .report import write_contact_sheets
+from .tables import CELL_RECORD, cell_dir, cells_table, collect_tables, grid, read_cell, write_study_record
 
 FINETUNE_NB, EVALUATE_NB = "02_finetune.ipynb", "03_evaluate.ipynb"
 STUDY_NOTEBOOKS = ("01_profile.ipynb", "04_graph.ipynb", "05_choose.ipynb", "06_report.ipynb")
@@ -226,11 +227,14 @@ def run_study_notebooks(study_dir: Path, manifests: str | Path | None = None, se
     out = Path(study_dir) / "notebooks"
     out.mkdir(parents=True, exist_ok=True)
     seconds = {}
-    params = {"study_dir": str(Path(study_dir).resolve()), "manifests": str(manifests) if manifests else None}
-    extra = {"05_choose.ipynb": {"bootstrap_seed": seed, "ablations": ablations}}
+    import papermill as pm
+
+    given = {"study_dir": str(Path(study_dir).resolve()), "manifests": str(manifests) if manifests else None,
+             "bootstrap_seed": seed, "ablations": ablations}
     for notebook in STUDY_NOTEBOOKS:
-        seconds[notebook] = round(_execute(notebook, out / notebook, {**params, **extra.get(notebook, {})},
-                                           Path(study_dir))["wall"], 3)
+        declared = pm.inspect_notebook(str(NOTEBOOKS / notebook))  # pass each notebook only its own parameters
+        params = {k: v for k, v in given.items() if k in declared}
+        seconds[notebook] = round(_execute(notebook, out / notebook, params, Path(study_dir))["wall"], 3)
     export_html(out / "06_report.ipynb", Path(study_dir) / "report.html")
     return seconds
 
@@ -254,7 +258,8 @@ def run_study(profile_id: str, study_dir: str | Path | None = None, manifests: s
     start = time.perf_counter()
     cells = run_grid(study_dir, profile_id, manifests, scheduler, workers, retry_failed, progress, weights)
     grid_seconds = time.perf_counter() - start
-    collect_metrics(study_dir, profile_id, manifests)
+    collect_tables(study_dir, profile_id, manifests)
+    write_contact_sheets(study_dir, manifests=manifests)
     notebooks = {} if grid_only else run_study_notebooks(study_dir, manifests, ablations=ablations)
     done = cells[cells["status"] == "done"]
     cell_seconds = float((done["finetune_notebook"] + done["evaluate_notebook"]).sum()) if len(done) else 0.0

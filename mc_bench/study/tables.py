@@ -7,7 +7,14 @@ The study folder (schema)::
                                cell.json {status, error, seconds: {finetune, evaluate, kernel_startup, ...}}
     metrics.csv                every run's metric rows (mc_bench.evaluate schema)
     performance.csv            one row per (model, dataset): a column per metric + mean_rank (quality_table)
-    cells.csv                  one row per cell: model, dataset, status, error, timings
+    runs.csv                   one row per done cell: model, dataset, model_source, revision, status, final_loss,
+                               train_{method, steps, batch_size, learning_rate, lora_rank, seed},
+                               generate_{n_samples, num_inference_steps, guidance_scale, seed}, device, threads,
+                               train_seconds, steps_per_second, sample_seconds, images_per_second,
+                               train_peak_memory_mb
+    losses.parquet             model, dataset, step, loss, lr: every optimizer step of every done cell
+    cells.csv                  one row per cell of the grid: model, dataset, status, error, seconds per stage
+    contact_sheets/<dataset>.png   held-out real images beside each model's samples, labelled with its label value
     profiles/                  mc_bench.profile's tables, and nearest.csv (nearest_datasets)
     history/                   history.yaml + runs.csv, models.csv, datasets.csv, similarity.csv (mc_bench.select.history)
     graph/                     graph.graphml, node_embeddings.csv
@@ -16,6 +23,10 @@ The study folder (schema)::
     selection_summary.csv      method, top1, top3, mean_regret (+ CIs), shortlist_coverage, shortlist_size
     notebooks/                 the executed 01, 04, 05, 06 notebooks
     report.html                06_report exported
+
+Only the tables, the contact sheets, the executed study notebooks and the report are committed; the per-cell
+folders (``runs/``) are not: a rerun of the grid reproduces them (and ``tests/test_study.py`` reruns a few committed
+cells and compares their metrics with ``metrics.csv``).
 """
 
 from __future__ import annotations
@@ -67,23 +78,52 @@ def cells_table(study_dir: Path, profile: Profile) -> pd.DataFrame:
     return table
 
 
-def collect_metrics(study_dir: str | Path, profile_id: str | None = None,
-                    manifests: str | Path | None = None) -> pd.DataFrame:
-    """Every done cell's ``metrics.csv`` in one table (``metrics.csv``) and ``performance.csv``."""
+def collect_tables(study_dir: str | Path, profile_id: str | None = None,
+                   manifests: str | Path | None = None) -> pd.DataFrame:
+    """The study's record from its done cells, the tables a clone carries instead of the per-cell folders:
+    ``metrics.csv`` (every metric row), ``performance.csv`` (quality_table), ``runs.csv`` (one row per cell: the
+    settings that made it, its final loss and timings) and ``losses.parquet`` (every optimizer step). Returns the
+    metrics."""
     study_dir = Path(study_dir)
     profile = study_profile(study_dir, profile_id, manifests)
-    frames = []
+    frames, runs, losses = [], [], []
     for model, dataset in grid(profile):
         folder = cell_dir(study_dir, model, dataset)
-        if (read_cell(folder) or {}).get("status") == "done" and (folder / METRICS_FILE).is_file():
-            frames.append(pd.read_csv(folder / METRICS_FILE))
+        if (read_cell(folder) or {}).get("status") != "done" or not (folder / METRICS_FILE).is_file():
+            continue
+        frames.append(pd.read_csv(folder / METRICS_FILE))
+        runs.append(_run_row(folder, model, dataset))
+        if (folder / "loss.csv").is_file():
+            losses.append(pd.read_csv(folder / "loss.csv").assign(model=model, dataset=dataset))
     if not frames:
         raise InputError(study_dir, "no finished cells", "run the grid first: mc-bench run --profile ...")
     metrics = pd.concat(frames, ignore_index=True)
     metrics.to_csv(study_dir / "metrics.csv", index=False)
     performance, _ = quality_table(metrics, profile.evaluate.quality)
     performance.to_csv(study_dir / "performance.csv", index=False)
+    pd.DataFrame(runs).to_csv(study_dir / "runs.csv", index=False)
+    if losses:
+        table = pd.concat(losses, ignore_index=True)[["model", "dataset", "step", "loss", "lr"]]
+        table.to_parquet(study_dir / "losses.parquet", index=False)
     return metrics
+
+
+RUN_SETTINGS = {"train": ("method", "steps", "batch_size", "learning_rate", "lora_rank", "seed"),
+                "generate": ("n_samples", "num_inference_steps", "guidance_scale", "seed")}
+
+
+def _run_row(folder: Path, model: str, dataset: str) -> dict:
+    """One row of ``runs.csv``: the cell's settings (``train_*``, ``generate_*``), final loss and timings."""
+    config = json.loads((folder / "config.json").read_text())
+    status = json.loads((folder / "status.json").read_text())
+    timings = json.loads((folder / "timings.json").read_text()) if (folder / "timings.json").is_file() else {}
+    row = {"model": model, "dataset": dataset, "model_source": config.get("model_source"),
+           "revision": config.get("revision"), "status": status.get("status"), "final_loss": status.get("final_loss")}
+    for section, keys in RUN_SETTINGS.items():
+        row.update({f"{section}_{k}": config[section].get(k) for k in keys})
+    row.update({k: timings.get(k) for k in ("device", "threads", "train_seconds", "steps_per_second",
+                                            "sample_seconds", "images_per_second", "train_peak_memory_mb")})
+    return row
 
 
 def study_profile(study_dir: Path, profile_id: str | None, manifests) -> Profile:
