@@ -183,3 +183,28 @@ def test_generation_does_not_depend_on_batch_size(tmp_path):
     assert c1 == c5 == prompts
     assert np.abs(x1.astype(int) - x5.astype(int)).max() <= 1  # same seeds, same images (up to rounding)
     assert not np.array_equal(x1[0], x1[1])  # different seeds per image
+
+
+def test_a_pickled_checkpoint_is_never_loaded(tmp_path):
+    """A state.pt planted in a run folder (a pickle that would run code when loaded) is refused on resume: nothing
+    runs, the run is marked failed with the reason and the fix."""
+    import shutil
+
+    cfg = config(tmp_path, steps=4, checkpoint_every=2)
+    ft.finetune(cfg, sample=False, stop_after=2)
+    checkpoint = ft.latest_checkpoint(cfg.run_dir)
+    marker = tmp_path / "executed"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"state": Payload()}, checkpoint / "state.pt")
+    (checkpoint / "state.json").unlink()
+    with pytest.raises(InputError, match="pickled files such as state.pt are never loaded"):
+        ft.finetune(cfg, sample=False)
+    assert not marker.exists()
+    status = json.loads((cfg.run_dir / "status.json").read_text())
+    assert status["status"] == "failed" and "delete" in status["reason"]
+    shutil.rmtree(cfg.run_dir / "checkpoints")  # the fix the message gives: the run restarts and finishes
+    assert ft.finetune(cfg, sample=False)["status"] == "done"

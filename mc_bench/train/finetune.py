@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..config import TrainSettings, load_manifests
-from ..errors import InputError
+from ..errors import InputError, McBenchError
 from ..io import atomic_path, library_versions, write_json
 from ..world.data import load_dataset_split, resize_shorter
 from .generate import generate_run
@@ -183,6 +183,9 @@ class Trainer:
 
     # -- checkpoints
     def save_checkpoint(self) -> Path:
+        """Write ``checkpoints/step-NNNNNN/``: the trainable weights and every tensor of the training state (optimizer
+        moments, RNG state, data order) as safetensors, the rest (step, schedule, scaler, losses) as JSON — nothing
+        pickled, so resuming a run folder never executes code from it."""
         from safetensors.torch import save_file
 
         root = self.run_dir / CHECKPOINTS
@@ -191,10 +194,16 @@ class Trainer:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         save_file(trainable_state(self.unet), tmp / "trainable.safetensors")
-        torch.save({"step": self.step, "optimizer": self.optimizer.state_dict(),
-                    "lr_scheduler": self.lr_scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                    "generator": self.generator.get_state(), "order": self.order, "cursor": self.cursor,
-                    "losses": self.losses}, tmp / "state.pt")
+        optimizer = self.optimizer.state_dict()
+        tensors = {f"optimizer.{index}.{key}": value.contiguous() for index, slots in optimizer["state"].items()
+                   for key, value in slots.items()}
+        tensors.update(generator=self.generator.get_state(), order=self.order.contiguous())
+        save_file(tensors, tmp / "state.safetensors")
+        write_json(tmp / "state.json", {"step": self.step, "cursor": self.cursor, "losses": self.losses,
+                                        "optimizer_param_groups": optimizer["param_groups"],
+                                        "optimizer_slots": {str(i): sorted(v) for i, v in optimizer["state"].items()},
+                                        "lr_scheduler": self.lr_scheduler.state_dict(),
+                                        "scaler": self.scaler.state_dict()})
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)  # a checkpoint exists completely or not at all
         for old in sorted(root.glob("step-*"))[:-self.settings.keep_checkpoints]:
@@ -203,19 +212,29 @@ class Trainer:
         return final
 
     def load_checkpoint(self, folder: Path) -> None:
+        """Restore a checkpoint written by :meth:`save_checkpoint` (safetensors and JSON only; a checkpoint in any
+        other form — such as a pickled ``state.pt`` — is refused, never loaded)."""
         from safetensors.torch import load_file
 
+        if not (folder / "state.json").is_file() or not (folder / "state.safetensors").is_file():
+            raise InputError(folder, "not a checkpoint of this kit (state.json and state.safetensors are missing; "
+                             "pickled files such as state.pt are never loaded)",
+                             f"delete {folder.parent} to restart the run from step 0")
         weights = load_file(folder / "trainable.safetensors")
         params = dict(self.unet.named_parameters())
         with torch.no_grad():
             for name, value in weights.items():
                 params[name].copy_(value)
-        state = torch.load(folder / "state.pt", weights_only=False)
-        self.optimizer.load_state_dict(state["optimizer"])
+        tensors = load_file(folder / "state.safetensors")
+        state = json.loads((folder / "state.json").read_text())
+        slots = {int(i): {key: tensors[f"optimizer.{i}.{key}"] for key in keys}
+                 for i, keys in state["optimizer_slots"].items()}
+        self.optimizer.load_state_dict({"state": slots, "param_groups": state["optimizer_param_groups"]})
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        self.generator.set_state(state["generator"])
-        self.order, self.cursor, self.step, self.losses = state["order"], state["cursor"], state["step"], state["losses"]
+        self.generator.set_state(tensors["generator"])
+        self.order, self.cursor, self.step = tensors["order"], state["cursor"], state["step"]
+        self.losses = [tuple(row) for row in state["losses"]]
 
     def save_weights(self) -> Path:
         if self.settings.method == "lora":
@@ -272,14 +291,18 @@ def _finetune_locked(config: FinetuneConfig, sample: bool, stop_after: int | Non
     if status and status["status"] == "done" and _same_run(run_dir, config):  # done while we waited
         return status
     _prepare_run_dir(config)
-    manifests = load_manifests(config.manifests)
-    device = pick_device(config.train.device)
-    images, captions = load_dataset_split(manifests, config.dataset, "train")
-    pipe = load_pipeline(config)
-    trainer = Trainer(config, pipe, images, captions, device)
-    checkpoint = latest_checkpoint(run_dir)
-    if checkpoint is not None:
-        trainer.load_checkpoint(checkpoint)
+    try:  # a run that cannot start says so in status.json, with the reason
+        manifests = load_manifests(config.manifests)
+        device = pick_device(config.train.device)
+        images, captions = load_dataset_split(manifests, config.dataset, "train")
+        pipe = load_pipeline(config)
+        trainer = Trainer(config, pipe, images, captions, device)
+        checkpoint = latest_checkpoint(run_dir)
+        if checkpoint is not None:
+            trainer.load_checkpoint(checkpoint)
+    except McBenchError as err:
+        write_status(run_dir, "failed", step=0, reason=str(err))
+        raise
     resumed_from = trainer.step
     write_status(run_dir, "running", step=trainer.step, resumed_from=resumed_from or None)
     if device.type == "cuda":
