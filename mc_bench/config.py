@@ -92,6 +92,9 @@ class ModelSpec(_Strict):
     resolution: int = Field(gt=0)
     prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon"
     license: str = ""
+    # Weights stored as pickles (.bin, .ckpt) can run code when loaded; they are refused unless this model's entry
+    # opts in by name. safetensors is the default and the format of every model the kit writes.
+    allow_pickle_weights: bool = False
     # Scalar metadata used as model features by the ranker (parameter count, pretraining domains, ...).
     metadata: dict[str, float | int | str | bool] = Field(default_factory=dict)
 

@@ -39,7 +39,7 @@ from .io import atomic_path, write_json
 from .paths import CLIP_DIR, WORLD_MODELS, cache_dir
 from .train.generate import read_samples
 from .train.runs import load_run_config, read_status
-from .weights import require, sha256
+from .weights import clip_weights, require, sha256
 from .world.data import dataset_folder, load_dataset_split
 from .world.tinyclip import load_clip
 
@@ -48,6 +48,7 @@ DIRECTIONS = {"fid": "lower", "fid_clean": "lower", "kid": "lower", "kid_clean":
 COLUMNS = ["model", "dataset", "metric", "value", "std", "direction", "status", "reason", "library", "backbone",
            "weights_sha256", "resize", "resolution", "n_real", "n_fake", "warning", "versions"]
 METRICS_FILE = "metrics.csv"
+MIN_FID_IMAGES = 2  # a covariance and KID's subsets need two images on each side
 FID_KID_BACKENDS = (("fid", "torchmetrics"), ("fid_clean", "clean-fid"), ("kid", "torchmetrics"), ("kid_clean", "clean-fid"))
 
 
@@ -81,14 +82,14 @@ class ClipFeatures(nn.Module):
 
         folder = Path(folder)
         self.name = name
-        self.model = CLIPModel.from_pretrained(folder, local_files_only=True).eval()
+        weights_file = clip_weights(folder)
+        self.model = CLIPModel.from_pretrained(folder, local_files_only=True, use_safetensors=True).eval()
         proc = CLIPImageProcessor.from_pretrained(folder, local_files_only=True)
         self.register_buffer("mean", torch.tensor(proc.image_mean).view(1, 3, 1, 1) * 255)
         self.register_buffer("std", torch.tensor(proc.image_std).view(1, 3, 1, 1) * 255)
         self.resolution = self.model.config.vision_config.image_size
         self.num_features = self.model.config.projection_dim
-        self.weights_sha256 = sha256(next(f for f in (folder / "model.safetensors", folder / "pytorch_model.bin")
-                                          if f.is_file()))
+        self.weights_sha256 = sha256(weights_file)
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -105,7 +106,11 @@ class InceptionFeatures(nn.Module):
 
         path = require("inception", weights)
         self.name = "inception-v3"
-        self.model = InceptionV3W(str(path.parent), download=False)
+        try:
+            self.model = InceptionV3W(str(path.parent), download=False)
+        except RuntimeError as err:  # torch.jit.load of a truncated or foreign file
+            raise InputError(path, f"not a TorchScript Inception-v3 file ({str(err).splitlines()[0][:120]})",
+                             "fetch it again: mc-bench weights --fetch inception (or copy a good copy there)") from None
         self.resolution = 299
         self.num_features = 2048
         self.weights_sha256 = sha256(path)
@@ -218,8 +223,7 @@ def clip_model_loader(clip_model: str, weights: str | Path | None = None):
         folder = Path(clip_model)
     else:
         return clip_model, clip_model, ""  # a hub id: torchmetrics loads it (from the HF cache when offline)
-    main = next(f for f in (folder / "model.safetensors", folder / "pytorch_model.bin") if f.is_file())
-    return partial(load_clip, folder), folder.name, sha256(main)
+    return partial(load_clip, folder), folder.name, sha256(clip_weights(folder))
 
 
 @torch.no_grad()
@@ -293,6 +297,35 @@ def _row(metric: str, value=None, std=None, reason: str = "", **prov) -> dict:
             "status": "computed" if value is not None else "not computed", "reason": reason, **prov}
 
 
+def _fid_kid_rows(fake, real_feats_fn, settings: EvalSettings, weights, wanted: set, versions: str,
+                  missing) -> list[dict]:
+    """FID and KID rows (both backends), or not-computed rows with the reason: weights missing, or fewer than
+    ``MIN_FID_IMAGES`` images on a side."""
+    backends = [(m, lib) for m, lib in FID_KID_BACKENDS if m.split("_")[0] in wanted]
+    try:
+        extractor = make_extractor(settings.fid_backbone, weights)
+    except InputError as err:
+        return [row for m, lib in backends for row in missing([m], err, library=lib, backbone=settings.fid_backbone)]
+    real = real_feats_fn(extractor)
+    if min(len(real), len(fake)) < MIN_FID_IMAGES:
+        reason = (f"FID and KID need at least {MIN_FID_IMAGES} generated and {MIN_FID_IMAGES} real images "
+                  f"(n_fake={len(fake)}, n_real={len(real)}): generate more samples (generate.n_samples) or use a "
+                  "dataset with a larger held-out split")
+        return [_row(m, reason=reason, library=lib, backbone=extractor.name, n_fake=len(fake), n_real=len(real),
+                     versions=versions) for m, lib in backends]
+    fake_feats = extract(extractor, list(fake), settings.resize)
+    warning = ""
+    if min(len(real), len(fake_feats)) < extractor.num_features:
+        warning = (f"n_fake={len(fake_feats)}, n_real={len(real)} below the feature dimension "
+                   f"{extractor.num_features}: FID is biased (singular covariance); compare KID")
+        warnings.warn(warning, stacklevel=3)
+    values = fid_kid(real, fake_feats, settings.kid_subsets, settings.seed)
+    prov = {"backbone": extractor.name, "weights_sha256": extractor.weights_sha256, "resize": settings.resize,
+            "resolution": extractor.resolution, "n_real": len(real), "n_fake": len(fake_feats), "warning": warning,
+            "versions": versions}
+    return [_row(m, *values[m], library=lib, **prov) for m, lib in backends]
+
+
 def evaluate_samples(fake: np.ndarray, captions: list[str], real_feats_fn, settings: EvalSettings,
                      weights: str | Path | None = None) -> list[dict]:
     """Metric rows for generated images (uint8 n × h × w × 3) and their captions. ``real_feats_fn(extractor)``
@@ -306,27 +339,7 @@ def evaluate_samples(fake: np.ndarray, captions: list[str], real_feats_fn, setti
         return [_row(m, reason=str(err), versions=versions, n_fake=len(fake), **prov) for m in metrics]
 
     if wanted & {"fid", "kid"}:
-        try:
-            extractor = make_extractor(settings.fid_backbone, weights)
-        except InputError as err:
-            for metric, library in FID_KID_BACKENDS:
-                if metric.split("_")[0] in wanted:
-                    rows += missing([metric], err, library=library, backbone=settings.fid_backbone)
-        else:
-            real = real_feats_fn(extractor)
-            fake_feats = extract(extractor, list(fake), settings.resize)
-            warning = ""
-            if min(len(real), len(fake_feats)) < extractor.num_features:
-                warning = (f"n_fake={len(fake_feats)}, n_real={len(real)} below the feature dimension "
-                           f"{extractor.num_features}: FID is biased (singular covariance); compare KID")
-                warnings.warn(warning, stacklevel=2)
-            values = fid_kid(real, fake_feats, settings.kid_subsets, settings.seed)
-            prov = {"backbone": extractor.name, "weights_sha256": extractor.weights_sha256, "resize": settings.resize,
-                    "resolution": extractor.resolution, "n_real": len(real), "n_fake": len(fake_feats),
-                    "warning": warning, "versions": versions}
-            for metric, library in FID_KID_BACKENDS:
-                if metric.split("_")[0] in wanted:
-                    rows.append(_row(metric, *values[metric], library=library, **prov))
+        rows += _fid_kid_rows(fake, real_feats_fn, settings, weights, wanted, versions, missing)
     if "clip_score" in wanted:
         try:
             loader, name, digest = clip_model_loader(settings.clip_model, weights)

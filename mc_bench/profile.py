@@ -44,7 +44,7 @@ from .config import Manifests
 from .errors import HistoryError, InputError
 from .io import library_versions, write_json
 from .paths import CLIP_DIR, WORLD_MODELS
-from .weights import sha256
+from .weights import clip_weights, sha256
 from .world.data import load_dataset_split, resize_shorter
 from .world.tinyclip import load_clip, pixel_values
 
@@ -187,10 +187,9 @@ def _profile_one(model, processor, resolution: int, images: list[np.ndarray], ca
 
 def _backbone(clip_folder: str | Path | None):
     folder = Path(clip_folder) if clip_folder else WORLD_MODELS / CLIP_DIR
+    weights = clip_weights(folder)  # refuses a pickled or missing weights file, with the fix
     model, processor = load_clip(folder)
-    weights = next((f for f in (folder / "model.safetensors", folder / "pytorch_model.bin") if f.is_file()), None)
-    info = {"backbone": folder.name if clip_folder is None else str(folder),
-            "weights_sha256": sha256(weights) if weights else "",
+    info = {"backbone": folder.name if clip_folder is None else str(folder), "weights_sha256": sha256(weights),
             "resolution": int(model.config.vision_config.image_size)}
     return model, processor, info
 

@@ -72,6 +72,20 @@ def require(name: str, folder: str | os.PathLike | None = None) -> Path:
     return weights_dir(folder) / b.path
 
 
+def clip_weights(folder: str | os.PathLike) -> Path:
+    """The safetensors weights of a CLIP folder (save_pretrained layout). A folder with only a pickled
+    ``pytorch_model.bin`` — which can run code when loaded — or with no weights is one :class:`InputError`."""
+    folder = Path(folder)
+    if (folder / "model.safetensors").is_file():
+        return folder / "model.safetensors"
+    if (folder / "pytorch_model.bin").is_file():
+        raise InputError(folder / "pytorch_model.bin", "CLIP weights stored as a pickle are refused (loading one can run "
+                         "code)", "convert them: CLIPModel.from_pretrained(folder).save_pretrained(folder, "
+                         "safe_serialization=True), then remove the .bin")
+    raise InputError(folder, "no CLIP weights (model.safetensors) in the folder",
+                     "point at a folder written by CLIPModel.save_pretrained")
+
+
 def sha256(path: Path) -> str:
     """SHA-256 of a file, remembered in a ``.sha256`` sidecar keyed by size and modification time."""
     path = Path(path)

@@ -113,6 +113,49 @@ def test_image_reward_batching_keeps_order():
     assert model.calls == [("a", 2), ("a", 2), ("bb", 2), ("ccc", 1)]
 
 
+def _random_image_reward_weights(folder: Path) -> Path:
+    """A weights folder holding ImageReward's architecture with random weights and a one-layer text encoder, a small
+    BERT vocabulary and the med_config ImageReward reads: everything ``load_image_reward`` touches, no download."""
+    import torch
+    from ImageReward.ImageReward import ImageReward
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "grey", "square", "red", "circle"]
+    (folder / "bert-base-uncased").mkdir(parents=True)
+    (folder / "bert-base-uncased" / "vocab.txt").write_text("\n".join(words) + "\n")
+    (folder / "ImageReward").mkdir()
+    med_config = {"architectures": ["BertModel"], "attention_probs_dropout_prob": 0.0, "hidden_act": "gelu",
+                  "hidden_dropout_prob": 0.0, "hidden_size": 768, "initializer_range": 0.02, "intermediate_size": 128,
+                  "layer_norm_eps": 1e-12, "max_position_embeddings": 64, "model_type": "bert",
+                  "num_attention_heads": 12, "num_hidden_layers": 1, "pad_token_id": 0, "type_vocab_size": 2,
+                  "vocab_size": len(words) + 2, "encoder_width": 1024, "add_cross_attention": True}
+    (folder / "ImageReward" / "med_config.json").write_text(json.dumps(med_config))
+    from unittest import mock
+
+    from ImageReward.models.BLIP import blip
+    from transformers import BertTokenizer
+
+    torch.manual_seed(0)
+    with mock.patch.object(blip.BertTokenizer, "from_pretrained",
+                           lambda *a, **k: BertTokenizer(str(folder / "bert-base-uncased" / "vocab.txt"))):
+        model = ImageReward(med_config=str(folder / "ImageReward" / "med_config.json"))
+    torch.save(model.state_dict(), folder / "ImageReward" / "ImageReward.pt")
+    return folder
+
+
+def test_image_reward_adapter_with_a_random_model(tmp_path):
+    """The real adapter (ImageReward's loader, its BLIP, the tokenizer routed to the weights folder) on CPU."""
+    import torch
+
+    weights = _random_image_reward_weights(tmp_path / "weights")
+    model = ev.load_image_reward(weights=weights)
+    saved = torch.load(weights / "ImageReward" / "ImageReward.pt", weights_only=True)
+    for name, value in model.state_dict().items():  # the folder's weights, all of them, were loaded
+        assert torch.equal(value, saved[name]), name
+    images = np.stack([np.full((32, 32, 3), v, dtype=np.uint8) for v in (40, 128, 220)])
+    scores = ev.image_reward_scores(model, images, ["a grey square", "a red circle", "a grey square"], batch_size=2)
+    assert scores.shape == (3,) and np.isfinite(scores).all()
+
+
 @pytest.mark.skipif(not (weights_dir() / "ImageReward" / "ImageReward.pt").is_file(),
                     reason="ImageReward-v1.0 weights are not in the weights folder (mc-bench weights --fetch image-reward)")
 def test_image_reward_real_scoring():

@@ -31,7 +31,7 @@ import torch
 from ..config import TrainSettings, load_manifests
 from ..errors import InputError, McBenchError
 from ..io import atomic_path, library_versions, write_json
-from ..world.data import load_dataset_split, resize_shorter
+from ..world.data import load_dataset_split, resize_shorter, validate_dataset
 from .generate import generate_run
 from .loss import diffusion_loss, encode_text, images_to_tensor
 from .runs import (CHECKPOINTS, LORA_DIR, UNET_DIR, FinetuneConfig, load_pipeline, peak_memory_mb, pick_device,
@@ -280,7 +280,12 @@ def finetune(config: FinetuneConfig, sample: bool = True, stop_after: int | None
     status = read_status(run_dir)
     if status and status["status"] == "done" and _same_run(run_dir, config):
         return status
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / ".lock").touch()
+    except OSError as err:
+        raise InputError(run_dir, f"the run folder cannot be written ({type(err).__name__}: {err.strerror or err})",
+                         "pass a run folder (--out) in a place you can write to") from None
     with run_lock(run_dir):
         return _finetune_locked(config, sample, stop_after)
 
@@ -294,6 +299,7 @@ def _finetune_locked(config: FinetuneConfig, sample: bool, stop_after: int | Non
     try:  # a run that cannot start says so in status.json, with the reason
         manifests = load_manifests(config.manifests)
         device = pick_device(config.train.device)
+        validate_dataset(manifests, config.dataset)  # every row and image, before anything is read for training
         images, captions = load_dataset_split(manifests, config.dataset, "train")
         pipe = load_pipeline(config)
         trainer = Trainer(config, pipe, images, captions, device)
@@ -330,9 +336,16 @@ def _finetune_locked(config: FinetuneConfig, sample: bool, stop_after: int | Non
                "resumed_from_step": resumed_from, "train_peak_memory_mb": round(peak_memory_mb(device), 1),
                "threads": torch.get_num_threads()}
     write_json(run_dir / "timings.json", timings)
+    trainer_steps = trainer.step
     del trainer, pipe
     if sample:
-        generate_run(run_dir)
+        try:
+            generate_run(run_dir)
+        except Exception as err:  # the weights are trained and kept; the run says why it is not done
+            write_status(run_dir, "failed", step=trainer_steps, reason=f"sampling failed after training "
+                         f"({type(err).__name__}: {err}); the trained weights are kept in {run_dir} — fix the cause "
+                         "and rerun the same command, which samples without training again")
+            raise
     shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)  # the final weights are saved; resuming is over
     return write_status(run_dir, "done", step=config.train.steps, final_loss=_final_loss(run_dir))
 

@@ -73,18 +73,30 @@ def generate(pipe, prompts: list[str], out_dir: Path, settings: GenerateSettings
 
 
 def read_samples(run_dir: Path) -> tuple[np.ndarray, list[str]]:
-    """The generated images (uint8, n × h × w × 3) and their captions of a run folder."""
-    from PIL import Image
+    """The generated images (uint8, n × h × w × 3) and their captions of a run folder. A missing table or image, an
+    empty table or images of different sizes is one :class:`InputError` naming the file and the fix."""
+    from PIL import Image, UnidentifiedImageError
 
     table_path = Path(run_dir) / SAMPLES_TABLE
+    regenerate = "regenerate the samples: rerun `mc-bench finetune` with the same settings on this run folder"
     if not table_path.is_file():
         raise InputError(table_path, "no samples table", "run `mc-bench finetune` (it generates) on this run folder")
     table = pd.read_csv(table_path)
+    if len(table) == 0:
+        raise InputError(table_path, "the samples table has no rows", regenerate)
     images = []
-    for file in table["file"]:
-        with Image.open(Path(run_dir) / file) as im:
-            images.append(np.asarray(im.convert("RGB")))
-    return np.stack(images), table["caption"].tolist()
+    for row, (file, caption) in enumerate(zip(table["file"], table["caption"]), start=2):
+        path = Path(run_dir) / file
+        try:
+            with Image.open(path) as im:
+                images.append(np.asarray(im.convert("RGB")))
+        except (FileNotFoundError, UnidentifiedImageError, OSError) as err:
+            raise InputError(f"{table_path}, row {row}", f"sample {file} cannot be read ({type(err).__name__})",
+                             regenerate) from None
+    sizes = sorted({im.shape[:2] for im in images})
+    if len(sizes) > 1:
+        raise InputError(table_path, f"the samples have different sizes {sizes[:3]}", regenerate)
+    return np.stack(images), table["caption"].astype(str).tolist()
 
 
 def generate_run(run_dir: Path) -> pd.DataFrame:

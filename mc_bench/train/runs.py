@@ -54,6 +54,7 @@ class FinetuneConfig(BaseModel):
     # filled in by resolve()
     model_source: str | None = None
     model_family: str | None = None
+    allow_pickle_weights: bool = False
 
     def resolved(self) -> "FinetuneConfig":
         """The config with the model's source, revision and family looked up in ``models.yaml``."""
@@ -62,7 +63,7 @@ class FinetuneConfig(BaseModel):
         spec = resolve_model(self.model, self.revision, manifests)
         source = spec.source if is_hub(spec.source) else str(resolve_folder(manifests.folder, spec.source))
         return self.model_copy(update={"model_source": source, "revision": spec.revision,
-                                       "model_family": spec.family})
+                                       "model_family": spec.family, "allow_pickle_weights": spec.allow_pickle_weights})
 
     @property
     def training_fields(self) -> dict:
@@ -71,11 +72,14 @@ class FinetuneConfig(BaseModel):
 
 
 def resolve_model(model: str, revision: str | None, manifests: Manifests) -> ModelSpec:
-    """A ``models.yaml`` entry, or an ad-hoc entry for a diffusers folder or ``hf:<id>``."""
+    """A ``models.yaml`` entry, or an ad-hoc entry for a diffusers folder or ``hf:<id>`` (with its revision)."""
     if model in manifests.models:
         return manifests.models[model]
     if is_hub(model):
-        return ModelSpec(id="adhoc", source=model, revision=revision or "main", family="sd1", resolution=512)
+        if not revision:
+            raise InputError(f"model {model!r}", "a hub model needs a revision (a commit hash or tag), so that the run "
+                             "can be repeated", "pass --revision <commit>, or add the model to models.yaml with one")
+        return ModelSpec(id="adhoc", source=model, revision=revision, family="sd1", resolution=512)
     folder = Path(model).expanduser()
     if (folder / "model_index.json").is_file():
         return ModelSpec(id="adhoc", source=str(folder.resolve()), family="sd1", resolution=_folder_resolution(folder))
@@ -119,8 +123,37 @@ def build_config(model: str, dataset: str, run_dir: str | Path, profile: str | N
                           manifests=Path(manifests) if manifests else None, **settings)
 
 
+PICKLE_FIX = ("convert the weights to safetensors (diffusers' save_pretrained(safe_serialization=True)), or, if you "
+              "trust their origin, set `allow_pickle_weights: true` for this model in models.yaml")
+
+
+def _check_pipeline_folder(folder: Path, allow_pickle: bool) -> None:
+    """Every component ``model_index.json`` names is a subfolder, and its weights are safetensors (or pickles the
+    model's entry allows): one error naming what is missing, before diffusers fails with a traceback."""
+    index = json.loads((folder / "model_index.json").read_text())
+    for name, value in index.items():
+        if name.startswith("_") or not isinstance(value, list) or value[0] is None:
+            continue
+        part = folder / name
+        if not part.is_dir():
+            raise InputError(part, f"the pipeline's {name} folder is missing (model_index.json names it)",
+                             "point models.yaml at a complete folder written by save_pretrained")
+        if name in ("unet", "vae", "text_encoder"):
+            safe = list(part.glob("*.safetensors"))
+            pickled = [p for p in part.iterdir() if p.suffix in (".bin", ".ckpt", ".pt", ".pth")]
+            if not safe and pickled and not allow_pickle:
+                raise InputError(pickled[0], "weights stored as a pickle, which can run code when loaded, are "
+                                 "refused", PICKLE_FIX)
+            if not safe and not pickled:
+                raise InputError(part, f"the pipeline's {name} has no weights file",
+                                 "point models.yaml at a complete folder written by save_pretrained")
+
+
 def load_pipeline(config: FinetuneConfig, torch_dtype=torch.float32):
-    """The base pipeline of a resolved config (local folder or hub id at its revision)."""
+    """The base pipeline of a resolved config (local folder or hub id at its revision), safetensors only unless the
+    model's entry allows pickled weights."""
+    import os
+
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import logging as diffusers_logging
 
@@ -129,16 +162,29 @@ def load_pipeline(config: FinetuneConfig, torch_dtype=torch.float32):
         raise InputError(f"model {config.model!r}", f"family {config.model_family!r} is not supported by fine-tuning",
                          f"fine-tuning supports the SD UNet families {SUPPORTED_FAMILIES}; pick such a model")
     source = config.model_source
+    safe = None if config.allow_pickle_weights else True
     if is_hub(source):
-        pipe = StableDiffusionPipeline.from_pretrained(hub_id(source), revision=config.revision, torch_dtype=torch_dtype,
-                                                       safety_checker=None, requires_safety_checker=False)
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+        try:
+            pipe = StableDiffusionPipeline.from_pretrained(hub_id(source), revision=config.revision,
+                                                           torch_dtype=torch_dtype, use_safetensors=safe,
+                                                           local_files_only=offline, safety_checker=None,
+                                                           requires_safety_checker=False)
+        except (OSError, ValueError) as err:
+            raise InputError(source, f"the hub model could not be loaded at revision {config.revision} "
+                             f"({'offline: not in the local hub cache' if offline else type(err).__name__})",
+                             "download it on a machine that reaches the hub (huggingface-cli download) into the "
+                             "cache, or save it as a local folder and point models.yaml at that folder") from None
     else:
-        if not (Path(source) / "model_index.json").is_file():
+        folder = Path(source)
+        if not (folder / "model_index.json").is_file():
             raise InputError(source, "not a diffusers pipeline folder (model_index.json is missing)",
                              "point models.yaml at a folder written by save_pretrained, or rebuild the zoo with "
                              "`mc-bench world zoo --rebuild`")
+        _check_pipeline_folder(folder, config.allow_pickle_weights)
         pipe = StableDiffusionPipeline.from_pretrained(source, torch_dtype=torch_dtype, local_files_only=True,
-                                                       safety_checker=None, requires_safety_checker=False)
+                                                       use_safetensors=safe, safety_checker=None,
+                                                       requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -167,14 +213,16 @@ def load_finetuned_pipeline(run_dir: Path, device: str | torch.device = "cpu"):
         level = diffusers_logging.get_verbosity()
         diffusers_logging.set_verbosity_error()  # "no LoRA keys for the text encoder": we train the UNet only
         try:
-            pipe.load_lora_weights(run_dir / LORA_DIR)
+            # the file is named: offline (HF_HUB_OFFLINE=1) diffusers cannot look a folder's weight name up
+            pipe.load_lora_weights(run_dir / LORA_DIR, weight_name=weights.name)
         finally:
             diffusers_logging.set_verbosity(level)
     else:
         if not (run_dir / UNET_DIR / "config.json").is_file():
             raise InputError(run_dir / UNET_DIR, "fine-tuned UNet missing (the run did not finish)",
                              "rerun `mc-bench finetune`")
-        pipe.unet = UNet2DConditionModel.from_pretrained(run_dir / UNET_DIR, torch_dtype=torch.float32)
+        pipe.unet = UNet2DConditionModel.from_pretrained(run_dir / UNET_DIR, torch_dtype=torch.float32,
+                                                         use_safetensors=True)
     return pipe.to(device)
 
 

@@ -54,8 +54,13 @@ def dataset_folder(manifests: Manifests, spec: DatasetSpec, root: Path | None = 
 def _read_metadata(path: Path) -> list[dict]:
     if not path.is_file():
         raise ManifestError(path, "metadata.jsonl is missing", "add one JSON object per image with `file_name` and a caption")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ManifestError(path, f"not UTF-8 text (byte {err.start}: {err.reason})",
+                            "save metadata.jsonl as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
     rows = []
-    for line_no, line in enumerate(path.read_text().splitlines(), start=1):
+    for line_no, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -130,14 +135,20 @@ def validate_folder(folder: Path, spec: DatasetSpec, world: WorldSettings) -> di
             for role, name in (("train", spec.splits.train), ("eval", spec.splits.eval))}
 
 
-def read_split(folder: Path, split: str, caption_column: str = "text") -> tuple[np.ndarray, list[str]]:
-    """All images of a validated split as a ``uint8`` array (n, h, w, c) and their captions."""
+def read_split_images(folder: Path, split: str, caption_column: str = "text") -> tuple[list[np.ndarray], list[str]]:
+    """The images of a validated split, each as it is (``uint8``, any size), and their captions."""
     rows = _read_metadata(Path(folder) / split / "metadata.jsonl")
     images, captions = [], []
     for _, row in rows:
         with Image.open(Path(folder) / split / row["file_name"]) as im:
             images.append(np.asarray(im))
         captions.append(row[caption_column])
+    return images, captions
+
+
+def read_split(folder: Path, split: str, caption_column: str = "text") -> tuple[np.ndarray, list[str]]:
+    """All images of a validated split of one size (a world dataset's) as a ``uint8`` array (n, h, w, c)."""
+    images, captions = read_split_images(folder, split, caption_column)
     return np.stack(images), captions
 
 
@@ -208,9 +219,8 @@ def load_dataset_split(manifests: Manifests, dataset_id: str, role: str) -> tupl
         images, captions = read_world_split(manifests, dataset_id, role)
         return list(images), captions
     if spec.source_kind == "folder":
-        images, captions = read_split(dataset_folder(manifests, spec),
-                                      spec.splits.train if role == "train" else spec.splits.eval, spec.caption_column)
-        return list(images), captions
+        return read_split_images(dataset_folder(manifests, spec),
+                                 spec.splits.train if role == "train" else spec.splits.eval, spec.caption_column)
     import datasets
 
     # a hub split name may use the `datasets` slicing syntax, e.g. "train[:90%]" / "train[90%:]"
@@ -235,3 +245,11 @@ def resize_shorter(images: list[np.ndarray], resolution: int) -> list[np.ndarray
             image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
         out.append(image)
     return out
+
+
+def validate_dataset(manifests: Manifests, dataset_id: str) -> None:
+    """Check a manifest dataset before anything reads it for training: a folder dataset row by row and image by
+    image (:func:`validate_folder`); world datasets are validated as they are built; hub datasets by ``datasets``."""
+    spec = manifests.dataset(dataset_id)
+    if spec.source_kind == "folder":
+        validate_folder(dataset_folder(manifests, spec), spec, manifests.world)

@@ -101,7 +101,7 @@ def load_clip(folder: str | Path):
     as ``model_name_or_path`` to torchmetrics' ``CLIPScore``, which accepts such a callable."""
     from transformers import CLIPModel, CLIPProcessor
 
-    model = CLIPModel.from_pretrained(folder, local_files_only=True).eval()
+    model = CLIPModel.from_pretrained(folder, local_files_only=True, use_safetensors=True).eval()
     return model, CLIPProcessor.from_pretrained(folder, local_files_only=True, use_fast=False)
 
 
