@@ -108,6 +108,7 @@ def test_failed_cell_is_recorded_and_the_grid_goes_on(tmp_path):
     assert (status.xs("zoo-shapes") == "done").all() and (status.xs("zoo-broken") == "failed").all()
     record = read_cell(cell_dir(tmp_path / "study", "zoo-broken", "shapes-new"))
     assert "model_index.json" in record["error"]
+    assert record["error"].startswith("InputError: ") and "Papermill" not in record["error"]  # the cause, unwrapped
     again = run_grid(tmp_path / "study", "broken", manifests=manifests, progress=False)  # failed cells stay failed
     assert (again["status"] == cells["status"]).all()
 
@@ -180,3 +181,39 @@ def test_committed_cells_reproduce(tmp_path, model, dataset):
     cell = losses[(losses["model"] == model) & (losses["dataset"] == dataset)]
     assert len(cell) == runs.loc[(model, dataset), "train_steps"] == 100
     np.testing.assert_allclose(pd.read_csv(run / "loss.csv")["loss"], cell["loss"], rtol=1e-4)
+
+
+def test_a_study_survives_a_broken_dataset(tmp_path):
+    """A broken folder dataset among good ones: its problem is reported before the grid, its cells fail with the
+    cause (not papermill's wrapping), the other cells run, and profile, graph, choose and report leave it out and
+    still write the report."""
+    from conftest import make_imagefolder
+
+    from mc_bench.study import run_study
+
+    manifests = tmp_path / "manifests"
+    shutil.copytree(REPO_ROOT / "data_manifests", manifests)
+    models = yaml.safe_load((manifests / "models.yaml").read_text())
+    for entry in models["models"]:
+        entry["source"] = str((REPO_ROOT / "data_manifests" / entry["source"]).resolve())
+    (manifests / "models.yaml").write_text(yaml.safe_dump(models))
+    make_imagefolder(manifests / "broken-data")
+    (manifests / "broken-data" / "train" / "1.png").write_bytes(b"not an image")
+    datasets = yaml.safe_load((manifests / "datasets.yaml").read_text())
+    datasets["datasets"].append({"id": "broken", "source": "broken-data", "domain": "test", "license": "CC0"})
+    (manifests / "datasets.yaml").write_text(yaml.safe_dump(datasets, sort_keys=False))
+    profiles = yaml.safe_load((manifests / "profiles.yaml").read_text())
+    profiles["profiles"].append({"id": "with-broken", "models": ["zoo-shapes", "zoo-all-short"],
+                                 "datasets": ["shapes-new", "digits-low", "broken", "textures-brick"],
+                                 "train": {"steps": 3}, "generate": {"n_samples": 8, "num_inference_steps": 2}})
+    (manifests / "profiles.yaml").write_text(yaml.safe_dump(profiles))
+    study = tmp_path / "study"
+    summary = run_study("with-broken", study, manifests=manifests, progress=False, ablations=False)
+    assert summary["done"] == 6 and summary["failed"] == 2
+    cells = pd.read_csv(study / "cells.csv").set_index(["model", "dataset"])
+    for model in ("zoo-shapes", "zoo-all-short"):
+        assert cells.loc[(model, "broken"), "error"].startswith("ManifestError: ")
+        assert "1.png is corrupt" in cells.loc[(model, "broken"), "error"]
+    assert "broken" not in pd.read_csv(study / "profiles" / "dataset_features.csv")["dataset"].tolist()
+    assert "broken" not in set(pd.read_csv(study / "selection" / "lodo.csv")["dataset"])
+    assert "Top-k accuracy" in (study / "report.html").read_text()

@@ -103,6 +103,11 @@ class History:
                                    "declare each quality column as `higher` or `lower` (is better)")
             values = pd.to_numeric(runs[col], errors="coerce")
             bad = ~np.isfinite(values.to_numpy(dtype=float))
+            if str(col).lower().startswith("fid") and not bad.any() and (values < 0).any():
+                row = runs.loc[values < 0].iloc[0]
+                raise HistoryError(f"{source}: runs ({row['model']}, {row['dataset']})",
+                                   f"{col} is {row[col]}: a Fréchet distance is never negative",
+                                   "check how the column was computed (a sign flipped, or a different metric)")
             if bad.any():
                 row = runs.loc[bad].iloc[0]
                 raise HistoryError(
@@ -224,12 +229,32 @@ class History:
                        pretrain={m: v for m, v in self.pretrain.items() if m in mf.index})
 
     def with_dataset(self, dataset: str, features: dict[str, float], similarity: dict[str, float] | None = None) -> "History":
-        """Add a new dataset (no runs) with its features and, optionally, its similarity to known datasets."""
+        """Add a new dataset (no runs) with its features and its similarity to the history's datasets (needed when
+        the history has a similarity matrix). An id the history already uses, unknown features or a missing similarity
+        is a :class:`HistoryError`; features left out are unknown to the ranker, and said so in a warning."""
+        import warnings
+
         known = self.dataset_features
+        if dataset in known.index or (self.similarity is not None and dataset in self.similarity.index):
+            raise HistoryError("new dataset", f"the id {dataset!r} is a dataset of the history already",
+                               "give the new dataset another id, or pass --dataset ID to rank for that dataset "
+                               "with its own runs held out")
         unknown = sorted(set(features) - set(known.columns))
         if unknown:
             raise HistoryError("new dataset", f"features {unknown} are not features of the history",
                                f"use the history's dataset features: {list(known.columns)}")
+        if self.similarity is not None and similarity is None:
+            raise HistoryError("new dataset", "no similarity to the history's datasets, which the history compares "
+                               "datasets by", "give `similarity` to every dataset of the history, or profile an "
+                               "image folder with mc-bench choose --images")
+        left_out = [c for c in known.columns if c not in features]
+        if self.similarity is None and any(c.startswith("emb_") for c in left_out):
+            raise HistoryError("new dataset", f"embedding features {[c for c in left_out if c.startswith('emb_')]} "
+                               "are missing, and the history's dataset similarity is made from them",
+                               "give every emb_* feature of the new dataset")
+        if left_out:
+            warnings.warn(f"new dataset {dataset!r}: features {left_out} not given; the ranker treats them as unknown",
+                          stacklevel=2)
         row = pd.DataFrame([features], index=[dataset]).reindex(columns=known.columns)
         for col in known.columns:  # same dtypes as the history: categories keep their codes
             if isinstance(known[col].dtype, pd.CategoricalDtype):

@@ -29,9 +29,10 @@ from pathlib import Path
 import pandas as pd
 
 from ..config import Manifests, Profile, load_manifests
+from ..errors import InputError, McBenchError
 from ..io import write_json
 from ..paths import NOTEBOOKS, study_dir_for
-from ..world.data import load_dataset_split
+from ..world.data import load_dataset_split, validate_dataset
 from .report import write_contact_sheets
 from .tables import CELL_RECORD, cell_dir, cells_table, collect_tables, grid, read_cell, write_study_record
 
@@ -100,6 +101,25 @@ def _execute(notebook: str, output: Path, parameters: dict, cwd: Path, threads: 
     return {"wall": wall, "cells": sum(durations), "first_cell": durations[0] if durations else 0.0}
 
 
+def failure_cause(err: Exception) -> str:
+    """The cause of a failed cell in one line: the exception raised inside the notebook (papermill's ``ename``
+    and ``evalue``), not papermill's own wrapping of it."""
+    name, value = getattr(err, "ename", None), getattr(err, "evalue", None)
+    if name is None:
+        name, value = type(err).__name__, str(err)
+    return f"{name}: {' '.join(str(value).split())}"[:1000]
+
+
+def failed_record(study_dir: Path, model: str, dataset: str, cause: str) -> dict:
+    """Record a cell as failed without running it (its dataset is broken): ``cell.json`` with the cause."""
+    folder = cell_dir(Path(study_dir), model, dataset)
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"model": model, "dataset": dataset, "status": "failed", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "error": cause}
+    write_json(folder / CELL_RECORD, record)
+    return record
+
+
 def run_cell(study_dir: str | Path, model: str, dataset: str, profile: str, manifests: str | None = None,
              threads: int = 1, weights: str | None = None) -> dict:
     """Fine-tune + generate (02) and evaluate (03) one (model, dataset) cell; writes and returns ``cell.json``."""
@@ -113,11 +133,9 @@ def run_cell(study_dir: str | Path, model: str, dataset: str, profile: str, mani
                       {"model": model, "dataset": dataset, "run_dir": str(folder), **common}, folder, threads)
         ev = _execute(EVALUATE_NB, folder / "evaluate.ipynb", {"run_dir": str(folder), "weights": weights, **common},
                       folder, threads)
-    except Exception as err:  # papermill's execution error carries the notebook's traceback text
-        message = f"{type(err).__name__}: {err}".strip().splitlines()
+    except Exception as err:
         record = {"model": model, "dataset": dataset, "status": "failed", "started": started,
-                  "error": " | ".join(line for line in message if line.strip())[:2000],
-                  "traceback": traceback.format_exc(limit=3)[-2000:]}
+                  "error": failure_cause(err), "traceback": traceback.format_exc(limit=3)[-2000:]}
         write_json(folder / CELL_RECORD, record)
         return record
     timings = json.loads((folder / "timings.json").read_text())
@@ -164,11 +182,20 @@ def _client(scheduler: str | None, workers: int, gpus: int):
     return Client(cluster), cluster
 
 
-def _prebuild(manifests: Manifests, profile: Profile) -> None:
-    """Build the world datasets of the grid once, before cells run in parallel."""
+def broken_datasets(manifests: Manifests, profile: Profile) -> dict[str, str]:
+    """Every dataset of the profile checked before the grid runs — world datasets built once (before cells run in
+    parallel), folder datasets validated row by row: {dataset: the problem} for each broken one, all of them at
+    once, not the first."""
+    broken = {}
     for dataset in profile.datasets:
-        if manifests.dataset(dataset).source_kind == "world":
-            load_dataset_split(manifests, dataset, "train")
+        try:
+            if manifests.dataset(dataset).source_kind == "world":
+                load_dataset_split(manifests, dataset, "train")
+            else:
+                validate_dataset(manifests, dataset)
+        except McBenchError as err:
+            broken[dataset] = f"{type(err).__name__}: {err}"
+    return broken
 
 
 def run_grid(study_dir: str | Path, profile_id: str, manifests: str | Path | None = None,
@@ -183,8 +210,14 @@ def run_grid(study_dir: str | Path, profile_id: str, manifests: str | Path | Non
     profile = m.profile(profile_id)
     study_dir.mkdir(parents=True, exist_ok=True)
     write_study_record(study_dir, m, profile)
-    _prebuild(m, profile)
+    broken = broken_datasets(m, profile)
+    for dataset, cause in broken.items():
+        print(f"dataset {dataset} is broken, its cells fail without running: {cause}", file=sys.stderr)
     todo, done, failed = pending_cells(study_dir, profile, retry_failed)
+    for model, dataset in [c for c in todo if c[1] in broken]:
+        failed_record(study_dir, model, dataset, broken[dataset])
+    failed += [c for c in todo if c[1] in broken]
+    todo = [c for c in todo if c[1] not in broken]
     total = len(grid(profile))
     bar = tqdm(total=total, initial=len(done) + len(failed), desc=f"grid {profile_id}", unit="cell",
                disable=not progress)
@@ -255,6 +288,48 @@ def run_study(profile_id: str, study_dir: str | Path | None = None, manifests: s
     """The whole study (see the module docstring). Returns a summary with seconds per stage. ``grid_only``: the
     grid and its metric tables, without the study notebooks."""
     study_dir = Path(study_dir) if study_dir else study_dir_for(profile_id)
+    profile = load_manifests(manifests).profile(profile_id)
+    if not grid_only and len(profile.datasets) < 3:
+        raise InputError(f"profile {profile_id!r}", f"it has {len(profile.datasets)} datasets; choosing a model "
+                         "leave-one-dataset-out needs at least 3", "add datasets to the profile, or pass --grid-only "
+                         "to fine-tune and evaluate without the selection stages")
+    with study_lock(study_dir):
+        return _run_study_locked(profile_id, study_dir, manifests, scheduler, workers, retry_failed, progress,
+                                 weights, ablations, grid_only)
+
+
+@contextmanager
+def study_lock(study_dir: Path):
+    """One runner per study folder: a second ``mc-bench run`` on the same folder is refused while the first holds it
+    (the operating system drops the lock of a killed runner)."""
+    import fcntl
+
+    try:
+        Path(study_dir).mkdir(parents=True, exist_ok=True)
+        handle = open(Path(study_dir) / ".study.lock", "a+")
+    except OSError as err:
+        raise InputError(study_dir, f"the study folder cannot be written ({err.strerror or err})",
+                         "pass a study folder (--out) in a place you can write to") from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise InputError(study_dir, f"another mc-bench run is using this study folder ({holder})",
+                             "wait for it to finish, or stop it; a killed runner releases the folder") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _run_study_locked(profile_id, study_dir, manifests, scheduler, workers, retry_failed, progress, weights,
+                      ablations, grid_only) -> dict:
     start = time.perf_counter()
     cells = run_grid(study_dir, profile_id, manifests, scheduler, workers, retry_failed, progress, weights)
     grid_seconds = time.perf_counter() - start

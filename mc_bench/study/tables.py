@@ -156,15 +156,27 @@ def pretraining_datasets(manifests: Manifests, models: list[str], exclude=()) ->
     return sorted((named & set(manifests.datasets)) - set(exclude))
 
 
+def done_datasets(study_dir: Path, profile: Profile) -> list[str]:
+    """The profile's datasets with at least one done cell."""
+    return [d for d in profile.datasets
+            if any((read_cell(cell_dir(study_dir, m, d)) or {}).get("status") == "done" for m in profile.models)]
+
+
 def profile_study(study_dir: str | Path, clip_folder: str | None = None, n_components: int = 4,
                   manifests: str | Path | None = None):
-    """Profile the study's datasets and the models' pretraining datasets (``profiles/``)."""
+    """Profile the study's datasets with at least one done cell and the models' pretraining datasets
+    (``profiles/``); a dataset whose cells all failed (a broken dataset) is left out, with a note."""
+    import sys
+
     study_dir = Path(study_dir)
     profile = study_profile(study_dir, None, manifests)
     m = load_manifests(manifests)
-    sources = pretraining_datasets(m, profile.models, exclude=profile.datasets)
+    kept = done_datasets(study_dir, profile)
+    for dataset in [d for d in profile.datasets if d not in kept]:
+        print(f"note: {dataset} is left out of the profiles: none of its cells is done", file=sys.stderr)
+    sources = pretraining_datasets(m, profile.models, exclude=kept)
     start = time.perf_counter()
-    ids = list(profile.datasets) + sources
+    ids = kept + sources
     profiles = profile_datasets(m, ids, clip_folder, n_components)
     write_profiles(profiles, study_dir / "profiles")
     write_json(study_dir / "profiles" / "timing.json",

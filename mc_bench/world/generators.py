@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ..errors import ManifestError
+from ..errors import ManifestError, McBenchError
 
 WORLD_VERSION = 1  # bump when a generator changes its output
 
@@ -92,6 +92,7 @@ SUPERSAMPLE = 4  # procedural images are drawn at 4× and downsampled (antialias
 
 
 ANIMAL_MNIST_WHEEL = "animal_mnist-0.4-py3-none-any.whl"
+ANIMAL_MNIST_SHA256 = "aeebf3d9de4552d6fd2d5701424e1a5b9020f8e5115d68df9db252f2f53ce2ce"  # the PyPI file
 
 
 def _animal_mnist_wheel() -> Path:
@@ -108,6 +109,11 @@ def _animal_mnist_wheel() -> Path:
             path, "the animal-mnist wheel (source of world:animals) is missing",
             "run `bash scripts/setup.sh`, or `pip download --no-deps -d .cache/wheels animal-mnist==0.4`",
         )
+    import hashlib
+
+    if hashlib.sha256(path.read_bytes()).hexdigest() != ANIMAL_MNIST_SHA256:  # its data is pickled: trust, verified
+        raise ManifestError(path, "the animal-mnist wheel is not the published 0.4 wheel (its SHA-256 differs)",
+                            "delete it and run `bash scripts/setup.sh` to download it again")
     return path
 
 
@@ -432,10 +438,12 @@ def generate(spec, resolution: int) -> tuple[np.ndarray, list[str]]:
     rng = np.random.default_rng(dataset_seed(spec.id))
     try:
         return GENERATORS[name](params, n, resolution, rng)
+    except McBenchError:  # a missing source (e.g. the animal-mnist wheel) says so itself
+        raise
     except (ValueError, KeyError) as err:
         raise ManifestError(
             f"datasets.yaml, entry {spec.id!r}, field `params`", f"bad generator parameters ({err})",
-            f"see mc_bench/world.py::gen_{name} for the parameters it takes",
+            f"see mc_bench/world/generators.py::gen_{name} for the parameters it takes",
         ) from None
 
 
