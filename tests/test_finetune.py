@@ -208,3 +208,15 @@ def test_a_pickled_checkpoint_is_never_loaded(tmp_path):
     assert status["status"] == "failed" and "delete" in status["reason"]
     shutil.rmtree(cfg.run_dir / "checkpoints")  # the fix the message gives: the run restarts and finishes
     assert ft.finetune(cfg, sample=False)["status"] == "done"
+
+
+def test_lora_run_reloads_offline(tmp_path):
+    """With HF_HUB_OFFLINE=1 (the usual setting on a cluster) a LoRA run's weights reload by their file name."""
+    cfg = config(tmp_path, steps=2)
+    ft.finetune(cfg, sample=False)
+    code = ("import sys; from mc_bench.train.runs import load_finetuned_pipeline; "
+            "pipe = load_finetuned_pipeline(sys.argv[1]); print(type(pipe).__name__)")
+    proc = subprocess.run([sys.executable, "-c", code, str(cfg.run_dir)], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "StableDiffusionPipeline" in proc.stdout
