@@ -217,3 +217,54 @@ def test_a_study_survives_a_broken_dataset(tmp_path):
     assert "broken" not in pd.read_csv(study / "profiles" / "dataset_features.csv")["dataset"].tolist()
     assert "broken" not in set(pd.read_csv(study / "selection" / "lodo.csv")["dataset"])
     assert "Top-k accuracy" in (study / "report.html").read_text()
+
+
+def test_pretrained_and_rung_companions_feed_gains_probe_and_halving(tmp_path):
+    """A ``train.steps: 0`` profile runs through the whole study (every notebook), and beside a study its pretrained
+    and short-rung companions give the gains table, the probe baselines and successive halving, with their costs."""
+    def run(profile, *extra):
+        out = subprocess.run([sys.executable, "-m", "mc_bench", "run", "--profile", profile, "--out",
+                              str(tmp_path / profile.replace("smoke", "study")), *extra],
+                             capture_output=True, text=True, timeout=900)
+        assert out.returncode == 0, out.stderr[-3000:]
+
+    run("smoke-pretrained")  # the whole study at steps 0: notebooks 01-06 included
+    pretrained = tmp_path / "study-pretrained"
+    assert (pretrained / "report.html").is_file()
+    runs = pd.read_csv(pretrained / "runs.csv")
+    assert runs["train_steps"].eq(0).all() and len(runs) == 6
+    assert not (pretrained / "losses.parquet").exists() or pd.read_parquet(pretrained / "losses.parquet").empty
+    run("smoke-rung5", "--grid-only")
+    run("smoke")
+    study = tmp_path / "study"
+    history = yaml.safe_load((study / "history" / "history.yaml").read_text())
+    assert history["probe"] == "probe.csv"
+    summary = pd.read_csv(study / "selection_summary.csv").set_index("method")
+    assert {"probe", "M&C + probe", "exhaustive fine-tuning"} <= set(summary.index)
+    halving = [m for m in summary.index if m.startswith("successive halving")]
+    assert halving == ["successive halving (5→20 steps, eta 2)"]
+    assert summary["seconds_per_dataset"].notna().all()
+    cost = summary["seconds_per_dataset"]
+    assert cost["M&C + probe"] > cost["probe"] > 0 and cost["M&C + probe"] > cost["M&C"]
+    assert summary.loc["exhaustive fine-tuning", "top1"] == 1.0
+    per_dataset = pd.read_csv(study / "selection" / "halving.csv")
+    assert per_dataset["budgets"].eq("2@5→1@20").all() and per_dataset["runs"].eq(3).all()
+    # the costs are the measured work of the cells they used: both 5-step runs, the survivor's 20-step run
+    def seconds(folder):
+        cells = pd.read_csv(folder / "cells.csv").set_index(["model", "dataset"])
+        return cells[["train", "sample", "evaluate"]].sum(axis=1)
+    full, short = seconds(study), seconds(tmp_path / "study-rung5")
+    scores = pd.read_csv(study / "selection" / "lodo.csv")
+    for _, row in per_dataset.iterrows():
+        d = row["dataset"]
+        survivor = pd.read_csv(tmp_path / "study-rung5" / "performance.csv").query("dataset == @d").nsmallest(1, "fid")
+        expected = short.xs(d, level="dataset").sum() + full[(survivor["model"].iloc[0], d)]
+        assert row["seconds"] == pytest.approx(expected)
+    assert cost["exhaustive fine-tuning"] == pytest.approx(full.groupby(level="dataset").sum().mean())
+    assert set(scores["method"]) >= {"probe", "M&C + probe"}
+    gains = pd.read_csv(study / "gains.csv")
+    assert len(gains) == 6 and {"fid_pretrained", "fid_finetuned", "gain", "in_domain"} <= set(gains.columns)
+    assert np.allclose(gains["gain"], gains["fid_pretrained"] - gains["fid_finetuned"])
+    assert len(pd.read_csv(study / "learnability.csv")) == 3
+    html = (study / "report.html").read_text()
+    assert "cost–accuracy frontier" in html and "What fine-tuning did" in html

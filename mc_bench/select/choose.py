@@ -41,10 +41,17 @@ BANDWIDTH_GRID = (0.03, 0.1, 0.3, 1.0, 3.0, 100.0)
 PRIOR_BANDWIDTHS = (0.0, 0.03, 0.1, 0.3, 1.0, 3.0, np.inf)
 NEAREST_BANDWIDTH = 1e-6  # what bandwidth 0 means in practice: the nearest dataset outweighs the next by e^1e6
 ROUND_CHECKPOINTS = (0, 5, 10, 25, 50, 100, 150)
+# M&C + probe: the prior's weight on the probe (0: the collaborative prior alone, 1: the probe alone), simplest first
+PROBE_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 class _Selector(BaseEstimator):
-    """Common helpers of every selector."""
+    """Common helpers of every selector. ``uses_profile`` and ``uses_probe`` say what a new dataset must be given
+    before the selector can rank for it — a profile (features, similarity) and/or the probe (every candidate's
+    pretrained samples evaluated on it) — and so what choosing costs (``mc_bench.study.tables.selection_costs``)."""
+
+    uses_profile = True
+    uses_probe = False
 
     def _check_fitted(self):
         if not hasattr(self, "history_"):
@@ -189,6 +196,7 @@ class RandomChoice(_Selector):
     expectation of each metric (:func:`mc_bench.select.ranking.random_expectation`) rather than a draw."""
 
     exact_expectation = True
+    uses_profile = False
 
     def fit(self, history: History) -> "RandomChoice":
         self.history_ = history
@@ -201,6 +209,8 @@ class RandomChoice(_Selector):
 
 class GlobalBest(_Selector):
     """The model with the best mean normalised quality over the training datasets, for every dataset."""
+
+    uses_profile = False
 
     def fit(self, history: History) -> "GlobalBest":
         self.history_ = history
@@ -232,6 +242,24 @@ class NearestDataset(_Selector):
         nearest = _similarity_to(self.history_, dataset).idxmax()
         tie_break = self.norm_.mean(axis=1).fillna(0) * 1e-6
         return self.norm_[nearest].fillna(-1.0) + tie_break
+
+
+class Probe(_Selector):
+    """Sample from every pretrained candidate and compare: models ranked by the label of their *pretrained* samples
+    for the target's held-out captions (the history's ``probe`` table), the first thing a practitioner tries. It
+    costs one sampling and evaluation pass per candidate and no fine-tuning; it learns nothing from the history
+    (models without a probe on the target rank last)."""
+
+    uses_profile = False
+    uses_probe = True
+
+    def fit(self, history: History) -> "Probe":
+        self.history_ = history
+        return self
+
+    def predict(self, dataset: str) -> pd.Series:
+        self._check_fitted()
+        return self.history_.probe_normalised(dataset).fillna(-1.0)
 
 
 class HistoryWeighted(_Selector):
@@ -337,6 +365,12 @@ class MatchAndChoose(_Selector):
     rule : "one-se" or "min"
         How an inner choice is made from its cross-validated losses (:func:`pick_simplest`): the simplest candidate
         within one standard error of the best (the widest bandwidth, the fewest rounds), or the lowest mean loss.
+    probe : bool
+        M&C + probe: the history's ``probe`` (the label of each pretrained model's samples on the dataset, min–max
+        normalised within it) becomes a feature, and the prior becomes ``w * probe + (1 - w) * collaborative prior``
+        with ``w`` chosen from :data:`PROBE_WEIGHTS` by inner leave-one-dataset-out (``w = 0``, M&C's own prior, is
+        the simplest: the probe must earn its weight on the training datasets). Needs a probe for every dataset, the
+        new one included.
     learning_rate, num_leaves, min_child_samples, colsample_bytree, n_grades, random_state : LightGBM's.
 
     The defaults were chosen on validation histories only (``mc_bench.select.validation``: the TransferGraph datasets
@@ -351,7 +385,7 @@ class MatchAndChoose(_Selector):
                  colsample_bytree: float = 1.0, embedding_coordinates: bool = False, edge_threshold: float = 0.5,
                  data_knn: int = 5, n_grades: int = 8, max_rows: int = 20000,
                  criterion: Literal["relative", "normalised"] = "relative", rule: Literal["one-se", "min"] = "one-se",
-                 random_state: int = 0):
+                 probe: bool = False, random_state: int = 0):
         self.embedding = embedding
         self.collaborative = collaborative
         self.prior = prior
@@ -369,7 +403,12 @@ class MatchAndChoose(_Selector):
         self.max_rows = max_rows
         self.criterion = criterion
         self.rule = rule
+        self.probe = probe
         self.random_state = random_state
+
+    @property
+    def uses_probe(self) -> bool:
+        return bool(self.probe)
 
     # -- features --------------------------------------------------------------------------------------
 
@@ -416,6 +455,10 @@ class MatchAndChoose(_Selector):
                                                                                                    targets)}
         if self.collaborative:
             learned.update(collab)
+        if self.probe:
+            probe = self._probe_values(history, targets)
+            learned["probe"] = probe.T.reshape(-1)
+            prior = self.probe_weight_ * np.nan_to_num(probe, nan=0.0) + (1 - self.probe_weight_) * prior
         x = pd.concat(blocks + [pd.DataFrame({k: np.round(v, FEATURE_DECIMALS) for k, v in learned.items()})], axis=1)
         if self.prior == "none":
             prior = np.zeros((n_m, n_t))
@@ -423,6 +466,27 @@ class MatchAndChoose(_Selector):
             prior = np.nan_to_num(overall, nan=0.0)
         x.attrs["prior"] = np.round(prior.T.reshape(-1), FEATURE_DECIMALS)
         return x
+
+    @staticmethod
+    def _probe_values(history: History, targets: list[str]) -> np.ndarray:
+        """models × targets: each target's probe, min–max normalised over the models (1 = best pretrained)."""
+        return np.column_stack([history.probe_normalised(t).to_numpy(dtype=float) for t in targets])
+
+    def _choose_probe_weight(self, history: History, norm: pd.DataFrame, regret: pd.DataFrame) -> float:
+        """The prior's weight on the probe with the lowest top-pick loss over an inner leave-one-dataset-out."""
+        datasets = list(norm.columns)
+        values = norm.to_numpy(dtype=float)
+        sim = history.dataset_similarity()
+        uniform = _leave_self_out(pd.DataFrame(1.0, index=datasets, columns=datasets), datasets, datasets)
+        overall = collaborative_scores(values, uniform, np.inf)
+        if sim is not None:
+            collab = prior_scores(values, _leave_self_out(sim, datasets, datasets), self.bandwidth_, overall)
+        else:
+            collab = np.nan_to_num(overall, nan=0.0)
+        probe = np.nan_to_num(self._probe_values(history, datasets), nan=0.0)
+        losses = regret.reindex(index=norm.index, columns=datasets).to_numpy(dtype=float)
+        per_weight = [top_pick_loss(w * probe + (1 - w) * collab, losses) for w in PROBE_WEIGHTS]
+        return PROBE_WEIGHTS[pick_simplest(per_weight, self.rule)]
 
     @staticmethod
     def _pretrain_similarity(history: History, models: list[str], targets: list[str]) -> np.ndarray:
@@ -527,6 +591,7 @@ class MatchAndChoose(_Selector):
             self.bandwidth_ = choose_bandwidth(self.norm_, sim, regret, rule=self.rule) if self.collaborative else np.inf
         else:
             self.bandwidth_ = float(self.prior)
+        self.probe_weight_ = self._choose_probe_weight(history, self.norm_, regret) if self.probe else 0.0
         self.embeddings_ = self._embed(history)
         x, y = self._training_rows(history, self.norm_, self.embeddings_)
         self.feature_names_ = [c for c in x.columns if c != "_target"]
@@ -552,9 +617,10 @@ class MatchAndChoose(_Selector):
         return pd.Series(scores, index=self.history_.models)
 
 
-def default_methods() -> dict[str, _Selector]:
-    """M&C with its defaults and every baseline, as evaluated in the report."""
-    return {
+def default_methods(probe: bool = False) -> dict[str, _Selector]:
+    """M&C with its defaults and every baseline, as evaluated in the report; with ``probe`` (a history with a probe
+    table) also the probe baseline and M&C + probe."""
+    methods = {
         "M&C": MatchAndChoose(),
         "metadata-only": MatchAndChoose(collaborative=False, prior="none"),
         "history-weighted": HistoryWeighted(),
@@ -562,6 +628,9 @@ def default_methods() -> dict[str, _Selector]:
         "global-best": GlobalBest(),
         "random": RandomChoice(),
     }
+    if probe:
+        methods = {"M&C": methods.pop("M&C"), "M&C + probe": MatchAndChoose(probe=True), **methods, "probe": Probe()}
+    return methods
 
 
 # ------------------------------------------------------------------------------------------------ evaluation

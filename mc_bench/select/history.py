@@ -27,6 +27,13 @@ Schema (CSV or Parquet; one folder, described by ``history.yaml``):
     dataset_features: datasets.csv
     similarity: {file: similarity.csv, kind: distance}   # optional
     profiles: ../profiles      # optional: the mc_bench.profile folder that made the features (choose --images)
+    probe: probe.csv           # optional: the label measured on each *pretrained* model's samples (no fine-tuning)
+
+``probe`` (optional)
+    one row per (model, dataset): ``model``, ``dataset`` and the label column, measured the same way as the label
+    but on the pretrained model's samples for the dataset's held-out captions (``train.steps: 0``): the first thing a
+    practitioner tries. Unlike runs, a probe is cheap enough to have for a new dataset too, so
+    :meth:`History.without_runs` keeps it. Optional ``seconds`` column: what the probe cost.
 
 Every problem is one :class:`~mc_bench.errors.HistoryError` naming the table and the fix.
 """
@@ -71,6 +78,7 @@ class History:
     pretrain: dict[str, tuple[str, ...]] = field(default_factory=dict)  # model -> pretraining dataset ids
     source: str = "tables"
     profiles: Path | None = None  # the mc_bench.profile folder the dataset features came from, when known
+    probe: pd.DataFrame | None = None  # model × dataset: the label of each pretrained model's samples (no fine-tuning)
 
     # ------------------------------------------------------------------------------------------ building
 
@@ -85,6 +93,7 @@ class History:
         similarity_kind: Literal["similarity", "distance"] = "similarity",
         label: str | None = None,
         source: str = "tables",
+        probe: pd.DataFrame | None = None,
     ) -> "History":
         """Validate raw tables (see the module docstring) and return a :class:`History`."""
         runs = runs.copy()
@@ -155,8 +164,9 @@ class History:
             if unknown:
                 raise HistoryError(f"{source}: model_features.pretrain_dataset", f"unknown datasets {unknown[:5]}",
                                    "name pretraining datasets by their ids in the similarity matrix")
+        probe_matrix = None if probe is None else _probe_matrix(probe, label, models, source)
         return cls(runs=runs.reset_index(drop=True), quality=dict(quality), label=label, model_features=mf,
-                   dataset_features=df, similarity=sim, pretrain=pretrain, source=source)
+                   dataset_features=df, similarity=sim, pretrain=pretrain, source=source, probe=probe_matrix)
 
     # ------------------------------------------------------------------------------------------ views
 
@@ -180,6 +190,19 @@ class History:
     def normalised(self) -> pd.DataFrame:
         """Label min–max normalised within each dataset, direction-aware: 1 = best model, 0 = worst."""
         return self._normalised.copy()
+
+    def probe_normalised(self, dataset: str) -> pd.Series:
+        """The probe (pretrained quality) on ``dataset``, min–max normalised over the models, direction-aware:
+        1 = the best pretrained model. A :class:`HistoryError` when the history has no probe for the dataset."""
+        if self.probe is None or dataset not in self.probe.columns:
+            raise HistoryError(f"{self.source}: probe", f"no probe for dataset {dataset!r}",
+                               "measure every candidate's pretrained samples on it (a study with train.steps: 0, "
+                               "e.g. mc-bench run --profile <profile>-pretrained) and name the table under `probe`")
+        q = self.probe[dataset].reindex(self.models)
+        lo, hi = q.min(), q.max()
+        if not np.isfinite(hi - lo) or hi == lo:
+            return q.notna().astype(float).where(q.notna())
+        return (q - lo) / (hi - lo) if self.higher_is_better else (hi - q) / (hi - lo)
 
     def dataset_similarity(self) -> pd.DataFrame | None:
         """Dataset × dataset similarity in [0, 1] for every dataset with features (given matrix, else cosine)."""
@@ -225,13 +248,16 @@ class History:
             mf = mf.loc[[m for m in mf.index if m in set(models)]]
         if datasets is not None:
             runs = runs[runs["dataset"].isin(datasets)]
-        return replace(self, runs=runs.reset_index(drop=True), model_features=mf,
+        probe = None if self.probe is None else self.probe.reindex(index=list(mf.index))
+        return replace(self, runs=runs.reset_index(drop=True), model_features=mf, probe=probe,
                        pretrain={m: v for m, v in self.pretrain.items() if m in mf.index})
 
-    def with_dataset(self, dataset: str, features: dict[str, float], similarity: dict[str, float] | None = None) -> "History":
+    def with_dataset(self, dataset: str, features: dict[str, float], similarity: dict[str, float] | None = None,
+                     probe: dict[str, float] | None = None) -> "History":
         """Add a new dataset (no runs) with its features and its similarity to the history's datasets (needed when
-        the history has a similarity matrix). An id the history already uses, unknown features or a missing similarity
-        is a :class:`HistoryError`; features left out are unknown to the ranker, and said so in a warning."""
+        the history has a similarity matrix), and optionally its probe (the label of each candidate's pretrained
+        samples). An id the history already uses, unknown features or a missing similarity is a
+        :class:`HistoryError`; features left out are unknown to the ranker, and said so in a warning."""
         import warnings
 
         known = self.dataset_features
@@ -271,7 +297,15 @@ class History:
             sim = sim.copy()
             sim.loc[dataset] = row
             sim[dataset] = pd.concat([row, pd.Series({dataset: 1.0})])
-        return replace(self, dataset_features=df, similarity=sim)
+        table = self.probe
+        if probe is not None:
+            values = pd.Series(probe, dtype=float).reindex(self.models)
+            if values.isna().any() or not np.isfinite(values.to_numpy()).all():
+                raise HistoryError("new dataset: probe", f"no finite probe for models {list(values.index[~np.isfinite(values)])[:5]}",
+                                   "probe every candidate model of the history")
+            table = pd.DataFrame(index=pd.Index(self.models, name="model")) if table is None else table.copy()
+            table[dataset] = values
+        return replace(self, dataset_features=df, similarity=sim, probe=table)
 
 
 def _feature_table(table: pd.DataFrame | None, key: str, ids: list[str], source: str) -> pd.DataFrame:
@@ -302,6 +336,28 @@ def _feature_table(table: pd.DataFrame | None, key: str, ids: list[str], source:
         if pd.api.types.is_numeric_dtype(vals) and np.isinf(vals.to_numpy(dtype=float)).any():
             raise HistoryError(f"{source}: {key}_features", f"column {col!r} has infinite values", "use NaN for unknown")
     return table
+
+
+def _probe_matrix(table: pd.DataFrame, label: str, models: list[str], source: str) -> pd.DataFrame:
+    """The probe table (model, dataset, <label>) as a model × dataset matrix over ``models``."""
+    where = f"{source}: probe"
+    missing = [c for c in ("model", "dataset", label) if c not in table.columns]
+    if missing:
+        raise HistoryError(where, f"column {missing[0]!r} is missing", f"name the columns model, dataset, {label}")
+    table = table.assign(model=table["model"].astype(str), dataset=table["dataset"].astype(str))
+    values = pd.to_numeric(table[label], errors="coerce").to_numpy(dtype=float)
+    if not np.isfinite(values).all():
+        row = table.iloc[int(np.flatnonzero(~np.isfinite(values))[0])]
+        raise HistoryError(f"{where} ({row['model']}, {row['dataset']})", f"{label} is {row[label]!r}",
+                           "drop probes that were not computed")
+    if table.duplicated(["model", "dataset"]).any():
+        row = table.loc[table.duplicated(["model", "dataset"])].iloc[0]
+        raise HistoryError(where, f"({row['model']}, {row['dataset']}) has two rows", "keep one probe per pair")
+    matrix = table.assign(**{label: values}).pivot(index="model", columns="dataset", values=label)
+    unknown = sorted(set(matrix.index) - set(models))
+    if unknown:
+        raise HistoryError(where, f"models {unknown[:5]} have probes but no runs", "probe the history's models only")
+    return matrix.reindex(index=models)
 
 
 def _similarity_matrix(matrix: pd.DataFrame, kind: str, source: str) -> pd.DataFrame:
@@ -357,6 +413,7 @@ def load_history(folder: str | Path) -> History:
         similarity=sim,
         similarity_kind=kind,
         source=str(folder),
+        probe=read_table(folder / spec["probe"]) if spec.get("probe") else None,
     )
     return replace(history, profiles=(folder / spec["profiles"]).resolve()) if spec.get("profiles") else history
 

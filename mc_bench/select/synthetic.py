@@ -9,6 +9,10 @@ dataset features — the exact ``domain`` (categorical, like a curated dataset c
 ``emb_i = v_d + ε`` whose cosine is the dataset similarity. Matching model skills to the dataset's domain is
 the planted structure: global-best sees only strength, and similarity-based baselines see only the noisy
 profiles.
+
+With ``probe_noise``, a ``probe`` table is added: ``sigmoid(u_m · v_d + b_m + noise')`` with ``noise'`` of that
+scale — the quality of a model *before* fine-tuning on the dataset, which tracks the quality after it more or less
+closely (:class:`~mc_bench.select.choose.Probe`).
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ from .history import History
 
 def synthetic_tables(n_models: int = 30, n_datasets: int = 20, n_domains: int = 4, n_latent: int = 3,
                      noise: float = 0.1, model_noise: float = 0.3, dataset_noise: float = 1.0,
-                     domain_feature: bool = True, seed: int = 0) -> dict[str, pd.DataFrame]:
-    """The raw tables (runs, model_features, dataset_features) of a synthetic history."""
+                     domain_feature: bool = True, probe_noise: float | None = None,
+                     seed: int = 0) -> dict[str, pd.DataFrame]:
+    """The raw tables (runs, model_features, dataset_features, and ``probe`` with ``probe_noise``) of a synthetic
+    history."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(scale=1.5, size=(n_domains, n_latent))
     domain = rng.integers(0, n_domains, size=n_datasets)
@@ -43,11 +49,17 @@ def synthetic_tables(n_models: int = 30, n_datasets: int = 20, n_domains: int = 
         df["domain"] = [f"domain{k}" for k in domain]
     for i in range(n_latent):
         df[f"emb_{i}"] = v[:, i] + rng.normal(scale=dataset_noise, size=n_datasets)
-    return {"runs": runs, "model_features": mf, "dataset_features": df}
+    tables = {"runs": runs, "model_features": mf, "dataset_features": df}
+    if probe_noise is not None:
+        probe_rng = np.random.default_rng([seed, 1])  # the other tables do not change with probe_noise
+        before = 1 / (1 + np.exp(-(logits + probe_rng.normal(scale=probe_noise, size=logits.shape))))
+        tables["probe"] = pd.DataFrame({"model": np.repeat(models, n_datasets), "dataset": np.tile(datasets, n_models),
+                                        "accuracy": before.reshape(-1)})
+    return tables
 
 
 def synthetic_history(**kwargs) -> History:
     """A validated :class:`History` from :func:`synthetic_tables` (same keyword arguments)."""
     t = synthetic_tables(**kwargs)
     return History.from_tables(t["runs"], {"accuracy": "higher"}, t["model_features"], t["dataset_features"],
-                               source="synthetic")
+                               source="synthetic", probe=t.get("probe"))

@@ -2,9 +2,9 @@
 histories (:mod:`.tables`), and the report's figures (:mod:`.report`)."""
 
 from .runner import drop_figures, run_cell, run_grid, run_study, run_study_notebooks
-from .tables import (build_combined_history, build_history, collect_tables, label_ceiling, nearest_datasets,
-                     profile_study, selection_summary, write_history)
+from .tables import (build_combined_history, build_history, collect_tables, gains_summary, gains_table, label_ceiling,
+                     learnability, nearest_datasets, profile_study, selection_summary, study_selection, write_history)
 
-__all__ = ["build_combined_history", "build_history", "collect_tables", "drop_figures", "label_ceiling",
-           "nearest_datasets", "profile_study", "run_cell", "run_grid", "run_study", "run_study_notebooks",
-           "selection_summary", "write_history"]
+__all__ = ["build_combined_history", "build_history", "collect_tables", "drop_figures", "gains_summary", "gains_table",
+           "label_ceiling", "learnability", "nearest_datasets", "profile_study", "run_cell", "run_grid", "run_study",
+           "run_study_notebooks", "selection_summary", "study_selection", "write_history"]

@@ -125,6 +125,57 @@ def topk_plot(summary, ax=None, ceiling: float | None = None):
     return ax
 
 
+def frontier_plot(summary, axes=None):
+    """The cost–accuracy frontier: every method's compute per new dataset (``seconds_per_dataset``, log scale)
+    against its top-1 (left) and mean regret (right), with bootstrap intervals; methods on the frontier (no other
+    method is both cheaper and better) are joined by a line."""
+    import matplotlib.pyplot as plt
+
+    table = summary.dropna(subset=["seconds_per_dataset"]).copy()
+    table = table[table["seconds_per_dataset"] > 0].sort_values("seconds_per_dataset")
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, col, better in ((axes[0], "top1", "higher"), (axes[1], "mean_regret", "lower")):
+        x, y = table["seconds_per_dataset"].to_numpy(), table[col].to_numpy()
+        if f"{col}_ci_low" in table:
+            lo = (table[col] - table[f"{col}_ci_low"]).fillna(0).to_numpy()
+            hi = (table[f"{col}_ci_high"] - table[col]).fillna(0).to_numpy()
+            ax.errorbar(x, y, yerr=[lo, hi], fmt="none", ecolor="0.6", capsize=2, zorder=1)
+        ax.scatter(x, y, color="tab:blue", zorder=2)
+        for xi, yi, name in zip(x, y, table["method"]):
+            ax.annotate(name, (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        front, best = [], -np.inf
+        for xi, yi in zip(x, y):  # cheapest first: a method is on the frontier when it beats every cheaper one
+            value = yi if better == "higher" else -yi
+            if value > best + 1e-12:
+                front.append((xi, yi))
+                best = value
+        ax.plot(*zip(*front), color="tab:red", linewidth=1, zorder=0, label="frontier")
+        ax.set_xscale("log")
+        ax.set_xlabel("compute per new dataset (seconds, CPU; log scale)")
+        ax.set_ylabel(f"{col} ({better} is better)")
+        ax.legend(fontsize=8)
+    return axes
+
+
+def gains_plot(gains, label: str = "fid", ax=None):
+    """Each cell's label before (pretrained) and after fine-tuning; points below the diagonal improved (lower is
+    better) — in-domain cells (the model was pretrained on the dataset's family) in colour."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.2, 5))
+    for in_domain, colour, name in ((False, "0.6", "out of domain"), (True, "tab:blue", "in domain")):
+        g = gains[gains["in_domain"] == in_domain]
+        ax.scatter(g[f"{label}_pretrained"], g[f"{label}_finetuned"], s=10, color=colour, label=name, alpha=0.8)
+    lim = [0, float(np.nanmax(gains[[f"{label}_pretrained", f"{label}_finetuned"]].to_numpy())) * 1.05]
+    ax.plot(lim, lim, color="k", linewidth=0.8)
+    ax.set_xlabel(f"{label} of the pretrained model")
+    ax.set_ylabel(f"{label} after fine-tuning")
+    ax.legend(fontsize=8)
+    return ax
+
+
 def regret_plot(lodo, ax=None):
     """Distribution over held-out datasets of the regret of each method's first pick."""
     import matplotlib.pyplot as plt

@@ -18,9 +18,17 @@ The study folder (schema)::
     profiles/                  mc_bench.profile's tables, and nearest.csv (nearest_datasets)
     history/                   history.yaml + runs.csv, models.csv, datasets.csv, similarity.csv (mc_bench.select.history)
     graph/                     graph.graphml, node_embeddings.csv
+    gains.csv                  with a pretrained companion study: one row per cell, the label before and after
+                               fine-tuning and the gain (gains_table); learnability.csv: one row per dataset
     selection/                 lodo.csv (per method x dataset), scores.csv (per method x dataset x model),
-                               ceiling.csv (label_ceiling), ablations.csv
-    selection_summary.csv      method, top1, top3, mean_regret (+ CIs), shortlist_coverage, shortlist_size
+                               halving.csv (successive halving per dataset), ceiling.csv (label_ceiling),
+                               ablations.csv
+    selection_summary.csv      method, top1, top3, mean_regret (+ CIs), shortlist_coverage, shortlist_size,
+                               seconds_per_dataset (the compute one new dataset costs the method), cost_basis
+
+Companion studies sit beside the study and share its grid: ``<study>-pretrained`` (``train.steps: 0``: the
+pretrained models' samples, the probe and the quality before fine-tuning), ``<study>-rung<steps>`` (short
+fine-tunes: successive halving's lower rungs) and ``<study>-replicate`` (another seed: the label's ceiling).
     notebooks/                 the executed 01, 04, 05, 06 notebooks
     report.html                06_report exported
 
@@ -42,7 +50,8 @@ from ..errors import InputError
 from ..evaluate import DIRECTIONS, METRICS_FILE, quality_table
 from ..io import library_versions, write_json
 from ..profile import profile_datasets, write_profiles
-from ..select.choose import shortlist_coverage
+from ..select.choose import default_methods, leave_one_dataset_out, shortlist_coverage
+from ..select.halving import halving_evaluation
 from ..select.history import load_history
 from ..select.ranking import bootstrap_summary
 
@@ -207,20 +216,61 @@ def nearest_datasets(similarity: pd.DataFrame, performance: pd.DataFrame, manife
     return table
 
 
+def companion_study(study_dir: str | Path, suffix: str) -> Path | None:
+    """``<study>-<suffix>`` when it exists and has a ``performance.csv`` (see the module docstring), else None."""
+    folder = Path(f"{str(study_dir).rstrip('/')}-{suffix}")
+    return folder if (folder / "performance.csv").is_file() else None
+
+
+def rung_studies(study_dir: str | Path) -> dict[int, Path]:
+    """The study's short fine-tuning companions, ``<study>-rung<steps>``, by their number of steps."""
+    study_dir = Path(str(study_dir).rstrip("/"))
+    out = {}
+    for folder in sorted(study_dir.parent.glob(f"{study_dir.name}-rung*")):
+        steps = folder.name[len(study_dir.name) + len("-rung"):]
+        if steps.isdigit() and (folder / "performance.csv").is_file():
+            out[int(steps)] = folder
+    return dict(sorted(out.items()))
+
+
+def run_seconds(study_dir: str | Path, stages=("train", "sample", "evaluate")) -> pd.DataFrame:
+    """What each done cell of a study cost, as a model × dataset table of seconds: the sum of ``stages`` in
+    ``cells.csv`` (the work itself: training, sampling, evaluation; not kernel start-up or imports)."""
+    cells = pd.read_csv(Path(study_dir) / "cells.csv")
+    done = cells[cells["status"] == "done"].copy()
+    done["seconds"] = done[list(stages)].fillna(0.0).sum(axis=1)
+    return done.pivot(index="model", columns="dataset", values="seconds")
+
+
+def probe_table(pretrained_dir: str | Path, label: str) -> pd.DataFrame:
+    """The probe of a history (mc_bench.select.history's ``probe`` schema) from a pretrained companion study:
+    ``model``, ``dataset``, the label of the pretrained model's samples, and ``seconds`` (sampling + evaluation)."""
+    performance = pd.read_csv(Path(pretrained_dir) / "performance.csv")
+    seconds = run_seconds(pretrained_dir).stack().rename("seconds").reset_index()
+    table = performance[["model", "dataset", label]].dropna()
+    return table.merge(seconds, on=["model", "dataset"], how="left")
+
+
 def build_history(study_dir: str | Path, label: str | None = None, manifests: str | Path | None = None):
     """The study's fine-tuning history (``history/``): runs from ``performance.csv``, model features from
-    ``models.yaml``, dataset features and similarity from ``profiles/``. Returns a :class:`History`."""
+    ``models.yaml``, dataset features and similarity from ``profiles/``, and — when the companion study
+    ``<study>-pretrained`` exists — the probe (the label of every pretrained model's samples). Returns a
+    :class:`History`."""
     study_dir = Path(study_dir)
     profile = study_profile(study_dir, None, manifests)
+    label = label or profile.evaluate.quality
+    pretrained = companion_study(study_dir, "pretrained")
+    probe = probe_table(pretrained, label) if pretrained is not None else None
     return write_history(study_dir / "history", pd.read_csv(study_dir / "performance.csv"), study_dir / "profiles",
-                         load_manifests(manifests), label or profile.evaluate.quality)
+                         load_manifests(manifests), label, probe=probe)
 
 
 def write_history(folder: str | Path, performance: pd.DataFrame, profiles_dir: str | Path, manifests: Manifests,
-                  label: str):
+                  label: str, probe: pd.DataFrame | None = None):
     """Write a history folder (``history.yaml`` + tables, mc_bench.select.history's schema) from a performance table and
     a profiles folder (mc_bench.profile), which ``history.yaml`` names under ``profiles`` so that a new dataset can be
-    profiled the same way (``mc-bench choose --images``). Returns the loaded :class:`History`."""
+    profiled the same way (``mc-bench choose --images``), and optionally a probe table. Returns the loaded
+    :class:`History`."""
     import os
 
     import yaml
@@ -235,6 +285,11 @@ def write_history(folder: str | Path, performance: pd.DataFrame, profiles_dir: s
     spec = {"runs": "runs.csv", "quality": quality, "label": label, "model_features": "models.csv",
             "dataset_features": "datasets.csv", "similarity": {"file": "similarity.csv", "kind": "similarity"},
             "profiles": os.path.relpath(profiles_dir, folder)}
+    if probe is not None:
+        probe.to_csv(folder / "probe.csv", index=False)
+        spec["probe"] = "probe.csv"
+    elif (folder / "probe.csv").exists():
+        (folder / "probe.csv").unlink()
     (folder / "history.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     return load_history(folder)
 
@@ -252,6 +307,57 @@ def build_combined_history(study_dirs: list[str | Path], out: str | Path, manife
     sources = pretraining_datasets(m, models, exclude=datasets)
     write_profiles(profile_datasets(m, datasets + sources), out / "profiles")
     return write_history(out, performance, out / "profiles", m, label)
+
+
+UNLEARNABLE_FID = 50.0  # a target whose best fine-tuned FID stays above this is flagged (tiny-CLIP feature units)
+
+
+def gains_table(study_dir: str | Path, pretrained_dir: str | Path, manifests: str | Path | None = None,
+                label: str = "fid") -> pd.DataFrame:
+    """What fine-tuning did to every cell: the label of the pretrained model (``<label>_pretrained``, from the
+    ``train.steps: 0`` companion study) beside the fine-tuned one (``<label>_finetuned``), the ``gain`` (positive =
+    better after fine-tuning, in label units), ``relative_gain`` (gain / |pretrained|), ``improved``, and
+    ``in_domain`` (the dataset's family is one the model was pretrained on, from ``models.yaml``'s
+    ``pretrain_domains``)."""
+    m = load_manifests(manifests)
+    after = pd.read_csv(Path(study_dir) / "performance.csv")[["model", "dataset", label]]
+    before = pd.read_csv(Path(pretrained_dir) / "performance.csv")[["model", "dataset", label]]
+    table = after.merge(before, on=["model", "dataset"], suffixes=("_finetuned", "_pretrained"))
+    sign = 1.0 if DIRECTIONS[label] == "higher" else -1.0
+    table["gain"] = sign * (table[f"{label}_finetuned"] - table[f"{label}_pretrained"])
+    table["relative_gain"] = table["gain"] / table[f"{label}_pretrained"].abs()
+    table["improved"] = table["gain"] > 0
+    domains = {mid: set(str(spec.metadata.get("pretrain_domains", "")).split(";")) for mid, spec in m.models.items()}
+    table["family"] = table["dataset"].map(lambda d: m.datasets[d].domain if d in m.datasets else "")
+    table["in_domain"] = [f in domains.get(model, set()) for model, f in zip(table["model"], table["family"])]
+    return table[["model", "dataset", "family", "in_domain", f"{label}_pretrained", f"{label}_finetuned", "gain",
+                  "relative_gain", "improved"]]
+
+
+def learnability(gains: pd.DataFrame, label: str = "fid", threshold: float = UNLEARNABLE_FID) -> pd.DataFrame:
+    """Per dataset: the best label before and after fine-tuning, the share of candidates fine-tuning improved, and
+    ``learnable`` — False when every candidate stays beyond ``threshold`` after fine-tuning (for FID: no model gets
+    near the data under the recipe, and the label there says little about fine-tuning)."""
+    higher = DIRECTIONS[label] == "higher"
+    best = (lambda s: s.max()) if higher else (lambda s: s.min())
+    rows = []
+    for dataset, g in gains.groupby("dataset", sort=False):
+        after, before = best(g[f"{label}_finetuned"]), best(g[f"{label}_pretrained"])
+        rows.append({"dataset": dataset, "family": g["family"].iloc[0], f"best_{label}_pretrained": before,
+                     f"best_{label}_finetuned": after, "share_improved": float(g["improved"].mean()),
+                     "learnable": bool(after >= threshold if higher else after <= threshold)})
+    return pd.DataFrame(rows)
+
+
+def gains_summary(gains: pd.DataFrame) -> pd.DataFrame:
+    """The recipe's effect in a few numbers, over all cells and over the in-domain ones: the share of cells that
+    fine-tuning improved, and the mean and median gain and relative gain."""
+    rows = []
+    for scope, g in (("all cells", gains), ("in-domain cells", gains[gains["in_domain"]])):
+        rows.append({"scope": scope, "cells": len(g), "share_improved": float(g["improved"].mean()),
+                     "mean_gain": float(g["gain"].mean()), "median_gain": float(g["gain"].median()),
+                     "mean_relative_gain": float(g["relative_gain"].mean())})
+    return pd.DataFrame(rows)
 
 
 def label_ceiling(study_dir: str | Path, replicate_dir: str | Path, label: str = "fid") -> pd.DataFrame:
@@ -302,3 +408,87 @@ def selection_summary(lodo: pd.DataFrame, seed: int = 0, scores: pd.DataFrame | 
         shortlist = shortlist_coverage(lodo, scores, level).drop(columns=["n_models"])
         out = out.merge(shortlist, on="method", how="left")
     return out[cols + [c for c in out.columns if c not in cols]]
+
+
+# ------------------------------------------------------------------------------------------------ choosing, with costs
+
+EXHAUSTIVE = "exhaustive fine-tuning"
+
+
+def selection_costs(methods: dict, lodo: pd.DataFrame, profile_seconds: float,
+                    probe_seconds: float | None = None) -> pd.DataFrame:
+    """The compute one new dataset costs each selector: profiling the dataset when the selector reads its features or
+    similarity (``uses_profile``), probing every candidate when it reads the probe (``uses_probe``), and its own fit
+    and rank time (mean ``seconds`` of its leave-one-dataset-out folds; the random baseline's expectation costs
+    nothing). Returns ``method``, ``seconds_per_dataset``, ``cost_basis`` (what was counted)."""
+    rows = []
+    for name, method in methods.items():
+        fit = lodo.loc[lodo["method"] == name, "seconds"].mean()
+        fit = 0.0 if getattr(method, "exact_expectation", False) or pd.isna(fit) else float(fit)
+        seconds, basis = fit, ["fit + rank"]
+        if method.uses_profile:
+            seconds += profile_seconds
+            basis.insert(0, "profile")
+        if method.uses_probe:
+            if probe_seconds is None:
+                continue
+            seconds += probe_seconds
+            basis.insert(0, "probe every candidate (sample + evaluate)")
+        rows.append({"method": name, "seconds_per_dataset": seconds, "cost_basis": " + ".join(basis)})
+    return pd.DataFrame(rows)
+
+
+def study_selection(study_dir: str | Path, methods: dict | None = None, n_jobs: int = 1, seed: int = 0,
+                    level: float = 0.9, eta: float = 2) -> dict[str, pd.DataFrame]:
+    """Judge every selector on the study's history leave-one-dataset-out, beside successive halving (from the
+    ``<study>-rung<steps>`` companions, with the study itself as the full budget) and exhaustive fine-tuning,
+    and write ``selection/lodo.csv``, ``selection/scores.csv``, ``selection/halving.csv`` and
+    ``selection_summary.csv`` (with each method's ``seconds_per_dataset``: the cost–accuracy frontier).
+
+    ``methods`` defaults to :func:`~mc_bench.select.choose.default_methods`, with the probe baseline and M&C + probe
+    when the history has a probe (``<study>-pretrained``). Returns the tables by name."""
+    study_dir = Path(study_dir)
+    history = load_history(study_dir / "history")
+    methods = methods if methods is not None else default_methods(probe=history.probe is not None)
+    out = study_dir / "selection"
+    out.mkdir(exist_ok=True)
+    lodo, scores = leave_one_dataset_out(history, methods, n_jobs=n_jobs, return_scores=True)
+    lodo.to_csv(out / "lodo.csv", index=False)
+    scores.to_csv(out / "scores.csv", index=False)
+
+    timing = json.loads((study_dir / "profiles" / "timing.json").read_text())
+    full = run_seconds(study_dir)
+    probe_seconds = None
+    pretrained = companion_study(study_dir, "pretrained")
+    if pretrained is not None:
+        probe_seconds = float(run_seconds(pretrained).reindex(columns=history.datasets).sum(axis=0).mean())
+    costs = [selection_costs(methods, lodo, timing["seconds_per_dataset"], probe_seconds)]
+
+    judged = [lodo]
+    rungs = rung_studies(study_dir)
+    if rungs:
+        label = history.label
+        quality = {steps: pd.read_csv(folder / "performance.csv").pivot(index="model", columns="dataset",
+                                                                         values=label) for steps, folder in rungs.items()}
+        seconds = {steps: run_seconds(folder) for steps, folder in rungs.items()}
+        budget = int(pd.read_csv(study_dir / "runs.csv")["train_steps"].max())
+        quality[budget], seconds[budget] = history.label_matrix(), full
+        halving = halving_evaluation(quality, seconds, history.higher_is_better, eta=eta)
+        halving.to_csv(out / "halving.csv", index=False)
+        judged.append(halving.drop(columns=["runs", "budgets"]))
+        name = halving["method"].iloc[0]
+        costs.append(pd.DataFrame([{"method": name, "seconds_per_dataset": float(halving["seconds"].mean()),
+                                    "cost_basis": "short fine-tunes of every candidate, the better 1/eta continue "
+                                                  "(each rung from the pretrained model)"}]))
+    summary = selection_summary(pd.concat(judged, ignore_index=True), seed=seed, scores=scores, level=level)
+    exhaustive = pd.DataFrame([{"method": EXHAUSTIVE, "n_datasets": len(history.datasets),
+                                **{f"{k}{s}": v for k, v in (("top1", 1.0), ("top3", 1.0), ("mean_regret", 0.0))
+                                   for s in ("", "_ci_low", "_ci_high")}}])
+    costs.append(pd.DataFrame([{"method": EXHAUSTIVE,
+                                "seconds_per_dataset": float(full.reindex(columns=history.datasets).sum(axis=0).mean()),
+                                "cost_basis": "fine-tune, sample and evaluate every candidate (defines the label)"}]))
+    summary = pd.concat([summary, exhaustive], ignore_index=True).merge(pd.concat(costs, ignore_index=True),
+                                                                       on="method", how="left")
+    summary.to_csv(study_dir / "selection_summary.csv", index=False)
+    return {"lodo": lodo, "scores": scores, "summary": summary,
+            **({"halving": halving} if rungs else {})}
