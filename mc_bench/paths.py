@@ -24,6 +24,22 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MC_BENCH_CACHE", Path.home() / ".cache" / "mc_bench")).expanduser()
 
 
+SCRATCH = REPO_ROOT / "results" / "scratch"  # ignored by git: what notebooks regenerate from a committed study
+
+
+def resolve(path: str | Path) -> Path:
+    """A path parameter of a notebook, the same from any working folder (the repository root, ``notebooks/`` as
+    JupyterLab runs it, papermill's ``--cwd``): ``~`` is expanded and a relative path is taken against the
+    repository root. The CLI takes paths against the working folder, as command-line tools do."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+def scratch_dir_for(study_dir: str | Path) -> Path:
+    """Where a notebook writes what it regenerates from a study it only reads: ``results/scratch/<study name>``."""
+    return SCRATCH / Path(study_dir).name
+
+
 def study_dir_for(profile_id: str) -> Path:
     """The default folder of a profile's study: ``results/<profile>``."""
     return REPO_ROOT / "results" / profile_id

@@ -67,16 +67,6 @@ def test_killed_runner_resumes_with_nothing_lost_or_duplicated(tmp_path):
     assert run["done"] == 6 and 0 < run["kernel_startup_share"] < 1
 
 
-def test_world_notebook_runs_with_papermill(tmp_path):
-    import papermill as pm
-
-    out = tmp_path / "00.ipynb"
-    pm.execute_notebook(str(REPO_ROOT / "notebooks" / "00_world.ipynb"), str(out),
-                        parameters={"profile": "smoke", "images_per_dataset": 4}, kernel_name="python3",
-                        progress_bar=False)
-    assert "shapes-new" in out.read_text()
-
-
 def test_committed_notebooks_are_clean_and_have_one_parameters_cell():
     import nbformat
 

@@ -262,7 +262,9 @@ def run_study_notebooks(study_dir: Path, manifests: str | Path | None = None, se
     seconds = {}
     import papermill as pm
 
-    given = {"study_dir": str(Path(study_dir).resolve()), "manifests": str(manifests) if manifests else None,
+    study = str(Path(study_dir).resolve())  # the notebooks write into the study they analyse
+    given = {"study_dir": study, "out_dir": study,
+             "manifests": str(Path(manifests).resolve()) if manifests else None,
              "bootstrap_seed": seed, "ablations": ablations}
     for notebook in STUDY_NOTEBOOKS:
         declared = pm.inspect_notebook(str(NOTEBOOKS / notebook))  # pass each notebook only its own parameters

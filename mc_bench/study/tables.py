@@ -172,12 +172,14 @@ def done_datasets(study_dir: Path, profile: Profile) -> list[str]:
 
 
 def profile_study(study_dir: str | Path, clip_folder: str | None = None, n_components: int = 4,
-                  manifests: str | Path | None = None):
+                  manifests: str | Path | None = None, out_dir: str | Path | None = None):
     """Profile the study's datasets with at least one done cell and the models' pretraining datasets
-    (``profiles/``); a dataset whose cells all failed (a broken dataset) is left out, with a note."""
+    (``profiles/`` in ``out_dir``, the study itself by default); a dataset whose cells all failed (a broken
+    dataset) is left out, with a note."""
     import sys
 
     study_dir = Path(study_dir)
+    out_dir = Path(out_dir) if out_dir else study_dir
     profile = study_profile(study_dir, None, manifests)
     m = load_manifests(manifests)
     kept = done_datasets(study_dir, profile)
@@ -187,8 +189,8 @@ def profile_study(study_dir: str | Path, clip_folder: str | None = None, n_compo
     start = time.perf_counter()
     ids = kept + sources
     profiles = profile_datasets(m, ids, clip_folder, n_components)
-    write_profiles(profiles, study_dir / "profiles")
-    write_json(study_dir / "profiles" / "timing.json",
+    write_profiles(profiles, out_dir / "profiles")
+    write_json(out_dir / "profiles" / "timing.json",
                {"datasets": len(ids), "seconds": round(time.perf_counter() - start, 3),
                 "seconds_per_dataset": round((time.perf_counter() - start) / len(ids), 3)})
     return profiles
@@ -251,17 +253,20 @@ def probe_table(pretrained_dir: str | Path, label: str) -> pd.DataFrame:
     return table.merge(seconds, on=["model", "dataset"], how="left")
 
 
-def build_history(study_dir: str | Path, label: str | None = None, manifests: str | Path | None = None):
-    """The study's fine-tuning history (``history/``): runs from ``performance.csv``, model features from
-    ``models.yaml``, dataset features and similarity from ``profiles/``, and — when the companion study
-    ``<study>-pretrained`` exists — the probe (the label of every pretrained model's samples). Returns a
-    :class:`History`."""
+def build_history(study_dir: str | Path, label: str | None = None, manifests: str | Path | None = None,
+                  out_dir: str | Path | None = None, profiles_dir: str | Path | None = None):
+    """The study's fine-tuning history (``history/`` in ``out_dir``, the study itself by default): runs from
+    ``performance.csv``, model features from ``models.yaml``, dataset features and similarity from ``profiles_dir``
+    (the study's ``profiles/`` by default), and — when the companion study ``<study>-pretrained`` exists — the
+    probe (the label of every pretrained model's samples). Returns a :class:`History`."""
     study_dir = Path(study_dir)
+    out_dir = Path(out_dir) if out_dir else study_dir
+    profiles_dir = Path(profiles_dir) if profiles_dir else study_dir / "profiles"
     profile = study_profile(study_dir, None, manifests)
     label = label or profile.evaluate.quality
     pretrained = companion_study(study_dir, "pretrained")
     probe = probe_table(pretrained, label) if pretrained is not None else None
-    return write_history(study_dir / "history", pd.read_csv(study_dir / "performance.csv"), study_dir / "profiles",
+    return write_history(out_dir / "history", pd.read_csv(study_dir / "performance.csv"), profiles_dir,
                          load_manifests(manifests), label, probe=probe)
 
 
@@ -439,24 +444,29 @@ def selection_costs(methods: dict, lodo: pd.DataFrame, profile_seconds: float,
 
 
 def study_selection(study_dir: str | Path, methods: dict | None = None, n_jobs: int = 1, seed: int = 0,
-                    level: float = 0.9, eta: float = 2) -> dict[str, pd.DataFrame]:
+                    level: float = 0.9, eta: float = 2, out_dir: str | Path | None = None,
+                    history_dir: str | Path | None = None,
+                    timing_file: str | Path | None = None) -> dict[str, pd.DataFrame]:
     """Judge every selector on the study's history leave-one-dataset-out, beside successive halving (from the
     ``<study>-rung<steps>`` companions, with the study itself as the full budget) and exhaustive fine-tuning,
     and write ``selection/lodo.csv``, ``selection/scores.csv``, ``selection/halving.csv`` and
     ``selection_summary.csv`` (with each method's ``seconds_per_dataset``: the cost–accuracy frontier).
 
     ``methods`` defaults to :func:`~mc_bench.select.choose.default_methods`, with the probe baseline and M&C + probe
-    when the history has a probe (``<study>-pretrained``). Returns the tables by name."""
+    when the history has a probe (``<study>-pretrained``). The tables go to ``out_dir`` (the study itself by
+    default); the history and the profiles' ``timing.json`` are read from ``history_dir`` and ``timing_file`` (the
+    study's by default). Returns the tables by name."""
     study_dir = Path(study_dir)
-    history = load_history(study_dir / "history")
+    out_dir = Path(out_dir) if out_dir else study_dir
+    history = load_history(Path(history_dir) if history_dir else study_dir / "history")
     methods = methods if methods is not None else default_methods(probe=history.probe is not None)
-    out = study_dir / "selection"
-    out.mkdir(exist_ok=True)
+    out = out_dir / "selection"
+    out.mkdir(parents=True, exist_ok=True)
     lodo, scores = leave_one_dataset_out(history, methods, n_jobs=n_jobs, return_scores=True)
     lodo.to_csv(out / "lodo.csv", index=False)
     scores.to_csv(out / "scores.csv", index=False)
 
-    timing = json.loads((study_dir / "profiles" / "timing.json").read_text())
+    timing = json.loads(Path(timing_file or study_dir / "profiles" / "timing.json").read_text())
     full = run_seconds(study_dir)
     probe_seconds = None
     pretrained = companion_study(study_dir, "pretrained")
@@ -489,6 +499,6 @@ def study_selection(study_dir: str | Path, methods: dict | None = None, n_jobs: 
                                 "cost_basis": "fine-tune, sample and evaluate every candidate (defines the label)"}]))
     summary = pd.concat([summary, exhaustive], ignore_index=True).merge(pd.concat(costs, ignore_index=True),
                                                                        on="method", how="left")
-    summary.to_csv(study_dir / "selection_summary.csv", index=False)
+    summary.to_csv(out_dir / "selection_summary.csv", index=False)
     return {"lodo": lodo, "scores": scores, "summary": summary,
             **({"halving": halving} if rungs else {})}
