@@ -60,8 +60,11 @@ def unet_output(unet, seed=0):
         return unet(x, torch.tensor([10, 500]), ehs).sample
 
 
-def test_lora_round_trip_through_load_lora_weights(tmp_path):
-    cfg = config(tmp_path, steps=4).resolved()
+@pytest.mark.parametrize("alpha", [None, 16])
+def test_lora_round_trip_through_load_lora_weights(tmp_path, alpha):
+    """The reloaded adapter samples as trained, also when lora_alpha (16) is not the rank (4): the adapter's config
+    travels in the safetensors metadata, so the scale alpha / rank is kept."""
+    cfg = config(tmp_path, steps=4, lora_alpha=alpha).resolved()
     manifests = load_manifests()
     images, captions = load_dataset_split(manifests, DATASET, "train")
     base = unet_output(runs.load_pipeline(cfg).unet)

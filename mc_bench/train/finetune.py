@@ -80,13 +80,16 @@ def trainable_state(unet) -> dict[str, torch.Tensor]:
 
 
 def save_lora(unet, folder: Path) -> None:
-    """Save the LoRA layers in the format ``StableDiffusionPipeline.load_lora_weights`` reads."""
+    """Save the LoRA layers in the format ``StableDiffusionPipeline.load_lora_weights`` reads, with the adapter's
+    config (rank, ``lora_alpha``, target modules) as safetensors metadata: without it a reloaded adapter whose alpha
+    differs from its rank would sample at scale 1 instead of alpha / rank."""
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=layers, safe_serialization=True)
+    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=layers, safe_serialization=True,
+                                              unet_lora_adapter_metadata=unet.peft_config["default"].to_dict())
 
 
 class Trainer:
