@@ -157,6 +157,34 @@ def test_nan_loss_marks_run_failed(tmp_path, monkeypatch):
     assert not (run / "lora").exists() and not (run / "samples.csv").exists()
 
 
+def test_fp16_gradient_scaler_skips_a_non_finite_step_and_fails_a_run_that_only_overflows(tmp_path, monkeypatch):
+    """With fp16's gradient scaler (enabled here on CPU), a non-finite loss skips that step — the weights stay, the
+    scale is lowered, training goes on — as in diffusers' scripts; MAX_SKIPPED_STEPS in a row fail the run."""
+    cfg = config(tmp_path, steps=4).resolved()
+    images, captions = load_dataset_split(load_manifests(), DATASET, "train")
+    trainer = ft.Trainer(cfg, runs.load_pipeline(cfg), images, captions, torch.device("cpu"))
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
+    real, nan_at = ft.diffusion_loss, {2}
+    calls = {"n": 0}
+
+    def sometimes_nan(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] in nan_at else loss
+
+    monkeypatch.setattr(ft, "diffusion_loss", sometimes_nan)
+    trainer.train_step()
+    before = {k: v.clone() for k, v in ft.trainable_state(trainer.unet).items()}
+    assert np.isnan(trainer.train_step())  # skipped: the weights are those of step 1
+    after = ft.trainable_state(trainer.unet)
+    assert all(torch.equal(before[k], after[k]) for k in before) and trainer.scaler.get_scale() == 2.0 ** 7
+    assert np.isfinite(trainer.train_step()) and trainer.step == 3
+    nan_at.update(range(4, 4 + ft.MAX_SKIPPED_STEPS))
+    with pytest.raises(FloatingPointError, match=f"skipped {ft.MAX_SKIPPED_STEPS} steps in a row"):
+        for _ in range(ft.MAX_SKIPPED_STEPS):
+            trainer.train_step()
+
+
 def test_bad_inputs_are_clear_errors(tmp_path):
     with pytest.raises(InputError, match="unknown model 'zoo-nope'.*models.yaml"):
         ft.finetune(runs.build_config("zoo-nope", DATASET, tmp_path / "x"))

@@ -92,6 +92,9 @@ def save_lora(unet, folder: Path) -> None:
                                               unet_lora_adapter_metadata=unet.peft_config["default"].to_dict())
 
 
+MAX_SKIPPED_STEPS = 10  # fp16: consecutive non-finite steps after which a run is failed
+
+
 class Trainer:
     """The training loop of one run (see the module docstring); :func:`finetune` is the entry point."""
 
@@ -133,6 +136,7 @@ class Trainer:
         self.order = torch.randperm(len(self.images), generator=self.generator)
         self.cursor = 0
         self.step = 0
+        self.skipped_in_a_row = 0  # fp16 steps the gradient scaler skipped in a row
         self.losses: list[tuple[int, float, float]] = []
 
     # -- data
@@ -169,14 +173,19 @@ class Trainer:
         total = 0.0
         for _ in range(accumulation):
             loss = self.micro_step()
-            if not torch.isfinite(loss):
+            if not torch.isfinite(loss) and not self.scaler.is_enabled():
                 raise FloatingPointError(f"non-finite loss ({loss.item()}) at step {self.step + 1}")
             self.scaler.scale(loss / accumulation).backward()
             total += loss.item() / accumulation
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.params, self.settings.max_grad_norm)
-        self.scaler.step(self.optimizer)
+        self.scaler.step(self.optimizer)  # fp16: skipped when a gradient is not finite (the scale is then lowered)
         self.scaler.update()
+        if self.scaler.is_enabled():  # fp16 overflows now and then; a run that only overflows is broken
+            self.skipped_in_a_row = 0 if np.isfinite(total) else self.skipped_in_a_row + 1
+            if self.skipped_in_a_row >= MAX_SKIPPED_STEPS:
+                raise FloatingPointError(f"non-finite loss ({total}) at step {self.step + 1}: fp16 skipped "
+                                         f"{MAX_SKIPPED_STEPS} steps in a row (use bf16 or a lower learning rate)")
         lr = self.lr_scheduler.get_last_lr()[0]
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
