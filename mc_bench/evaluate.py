@@ -38,7 +38,7 @@ from .errors import InputError
 from .io import atomic_path, write_json
 from .paths import CLIP_DIR, WORLD_MODELS, cache_dir
 from .train.generate import read_samples
-from .train.runs import load_run_config, read_status
+from .train.runs import load_run_config, pick_device, read_status
 from .weights import clip_weights, require, sha256
 from .world.data import dataset_folder, load_dataset_split
 from .world.tinyclip import load_clip
@@ -145,12 +145,19 @@ def make_extractor(backbone: str, weights: str | Path | None = None) -> nn.Modul
                      "use tiny-clip, inception, openai-clip or a CLIP folder")
 
 
+def module_device(module: nn.Module) -> torch.device:
+    """The device a module's weights are on (CPU for a module without weights)."""
+    weight = next(module.parameters(), None)
+    return weight.device if weight is not None else torch.device("cpu")
+
+
 def extract(extractor: nn.Module, images: list[np.ndarray], resize: str, batch_size: int = 64) -> np.ndarray:
-    """Features (float64, n × d) of uint8 images."""
-    out = []
+    """Features (float64, n × d) of uint8 images, ``batch_size`` at a time on the extractor's device (images are
+    resized on the CPU, as clean-fid does)."""
+    device, out = module_device(extractor), []
     for start in range(0, len(images), batch_size):
         x = resize_images(images[start:start + batch_size], extractor.resolution, resize)
-        out.append(extractor(x).double().numpy())
+        out.append(extractor(x.to(device)).double().cpu().numpy())
     return np.concatenate(out)
 
 
@@ -227,13 +234,15 @@ def clip_model_loader(clip_model: str, weights: str | Path | None = None):
 
 
 @torch.no_grad()
-def clip_score(images: np.ndarray, captions: list[str], model_name_or_path, batch_size: int = 64) -> float:
-    """torchmetrics' CLIP score (100 × cosine, clipped at 0) of uint8 images (n, h, w, 3) and their captions."""
+def clip_score(images: np.ndarray, captions: list[str], model_name_or_path, batch_size: int = 64,
+               device: str | torch.device = "cpu") -> float:
+    """torchmetrics' CLIP score (100 × cosine, clipped at 0) of uint8 images (n, h, w, 3) and their captions,
+    ``batch_size`` at a time on ``device``."""
     from torchmetrics.multimodal.clip_score import CLIPScore
 
-    metric = CLIPScore(model_name_or_path=model_name_or_path)
+    metric = CLIPScore(model_name_or_path=model_name_or_path).to(device)
     for start in range(0, len(images), batch_size):
-        metric.update(torch.from_numpy(images[start:start + batch_size]).permute(0, 3, 1, 2),
+        metric.update(torch.from_numpy(images[start:start + batch_size]).permute(0, 3, 1, 2).to(device),
                       captions[start:start + batch_size])
     return float(metric.compute())
 
@@ -298,12 +307,12 @@ def _row(metric: str, value=None, std=None, reason: str = "", **prov) -> dict:
 
 
 def _fid_kid_rows(fake, real_feats_fn, settings: EvalSettings, weights, wanted: set, versions: str,
-                  missing) -> list[dict]:
+                  missing, device: torch.device) -> list[dict]:
     """FID and KID rows (both backends), or not-computed rows with the reason: weights missing, or fewer than
     ``MIN_FID_IMAGES`` images on a side."""
     backends = [(m, lib) for m, lib in FID_KID_BACKENDS if m.split("_")[0] in wanted]
     try:
-        extractor = make_extractor(settings.fid_backbone, weights)
+        extractor = make_extractor(settings.fid_backbone, weights).to(device)
     except InputError as err:
         return [row for m, lib in backends for row in missing([m], err, library=lib, backbone=settings.fid_backbone)]
     real = real_feats_fn(extractor)
@@ -327,10 +336,11 @@ def _fid_kid_rows(fake, real_feats_fn, settings: EvalSettings, weights, wanted: 
 
 
 def evaluate_samples(fake: np.ndarray, captions: list[str], real_feats_fn, settings: EvalSettings,
-                     weights: str | Path | None = None) -> list[dict]:
+                     weights: str | Path | None = None, device: str | torch.device = "cpu") -> list[dict]:
     """Metric rows for generated images (uint8 n × h × w × 3) and their captions. ``real_feats_fn(extractor)``
-    returns the real features for an extractor (cached)."""
-    rows, versions = [], _versions()
+    returns the real features for an extractor (cached). Feature extraction, CLIP score and ImageReward run on
+    ``device``; the distances (FID, KID) are computed in float64 on the CPU."""
+    rows, versions, device = [], _versions(), torch.device(device)
     wanted = set(settings.metrics)
 
     def missing(metrics, err, **prov):
@@ -339,18 +349,19 @@ def evaluate_samples(fake: np.ndarray, captions: list[str], real_feats_fn, setti
         return [_row(m, reason=str(err), versions=versions, n_fake=len(fake), **prov) for m in metrics]
 
     if wanted & {"fid", "kid"}:
-        rows += _fid_kid_rows(fake, real_feats_fn, settings, weights, wanted, versions, missing)
+        rows += _fid_kid_rows(fake, real_feats_fn, settings, weights, wanted, versions, missing, device)
     if "clip_score" in wanted:
         try:
             loader, name, digest = clip_model_loader(settings.clip_model, weights)
         except InputError as err:
             rows += missing(["clip_score"], err, library="torchmetrics", backbone=settings.clip_model)
         else:
-            rows.append(_row("clip_score", clip_score(fake, captions, loader), library="torchmetrics", backbone=name,
+            rows.append(_row("clip_score", clip_score(fake, captions, loader, device=device), library="torchmetrics",
+                             backbone=name,
                              weights_sha256=digest, resize="processor", n_fake=len(fake), versions=versions))
     if "image_reward" in wanted:
         try:
-            model = load_image_reward(weights)
+            model = load_image_reward(weights, str(device))
         except InputError as err:
             rows += missing(["image_reward"], err, library="image-reward", backbone="ImageReward-v1.0")
         else:
@@ -363,8 +374,10 @@ def evaluate_samples(fake: np.ndarray, captions: list[str], real_feats_fn, setti
 
 
 def evaluate_run(run_dir: str | Path, settings: EvalSettings = EvalSettings(),
-                 weights: str | Path | None = None) -> pd.DataFrame:
-    """Evaluate a finished run folder: writes ``metrics.csv`` and ``evaluate.json`` (the settings) into it."""
+                 weights: str | Path | None = None, device: str | torch.device | None = None) -> pd.DataFrame:
+    """Evaluate a finished run folder: writes ``metrics.csv`` and ``evaluate.json`` (the settings) into it. The
+    metrics' networks run on ``device``, by default the one the run was fine-tuned on (``train.device``: CUDA when
+    present under ``auto``)."""
 
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
@@ -374,13 +387,15 @@ def evaluate_run(run_dir: str | Path, settings: EvalSettings = EvalSettings(),
                          "finish it with `mc-bench finetune` (a failed run has no samples to evaluate)")
     manifests = load_manifests(config.manifests)
     fake, captions = read_samples(run_dir)
+    device = torch.device(device) if device is not None else pick_device(config.train.device)
     rows = evaluate_samples(fake, captions,
-                            lambda ex: real_features(manifests, config.dataset, ex, settings.resize), settings, weights)
+                            lambda ex: real_features(manifests, config.dataset, ex, settings.resize), settings, weights,
+                            device)
     table = pd.DataFrame([{"model": config.model, "dataset": config.dataset, **r} for r in rows]).reindex(columns=COLUMNS)
     with atomic_path(run_dir / METRICS_FILE) as tmp:
         table.to_csv(tmp, index=False)
     write_json(run_dir / "evaluate.json", {"settings": settings.model_dump(mode="json"),
-                                           "weights_dir": str(weights) if weights else None})
+                                           "weights_dir": str(weights) if weights else None, "device": device.type})
     return table
 
 

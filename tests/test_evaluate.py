@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from mc_bench import evaluate as ev
 from mc_bench.config import EvalSettings, load_manifests
@@ -191,6 +192,27 @@ def test_run_evaluated_twice_gives_identical_rows(done_run, tmp_path):
     assert np.isnan(rows.loc["image_reward", "value"])
     on_disk = pd.read_csv(done_run / "metrics.csv")
     assert len(on_disk) == 6 and json.loads((done_run / "evaluate.json").read_text())["settings"]["kid_subsets"] == 20
+
+
+@pytest.mark.filterwarnings("ignore:n_fake")
+def test_evaluation_runs_on_the_device_that_fine_tuned(done_run, tmp_path, monkeypatch):
+    """The metrics' networks go to the run's device (train.device, resolved as fine-tuning resolves it: CUDA when
+    present under auto); features come back to the CPU for the float64 distances."""
+    asked, seen = [], {}
+    monkeypatch.setattr(ev, "pick_device", lambda setting: asked.append(setting) or torch.device("cpu"))
+    real_extract = ev.extract
+
+    def spy(extractor, *args, **kwargs):
+        seen["device"] = ev.module_device(extractor)
+        return real_extract(extractor, *args, **kwargs)
+
+    monkeypatch.setattr(ev, "extract", spy)
+    first = ev.evaluate_run(done_run, EvalSettings(kid_subsets=20, metrics=["fid"]), weights=tmp_path)
+    assert asked == ["auto"] and seen["device"] == torch.device("cpu")
+    assert json.loads((done_run / "evaluate.json").read_text())["device"] == "cpu"
+    second = ev.evaluate_run(done_run, EvalSettings(kid_subsets=20, metrics=["fid"]), weights=tmp_path, device="cpu")
+    assert asked == ["auto"]  # an explicit device is used as given
+    pd.testing.assert_frame_equal(first, second)
 
 
 def test_missing_weights_stop_when_not_allowed(done_run, tmp_path):
