@@ -258,3 +258,20 @@ def test_pretrained_and_rung_companions_feed_gains_probe_and_halving(tmp_path):
     assert len(pd.read_csv(study / "learnability.csv")) == 3
     html = (study / "report.html").read_text()
     assert "cost–accuracy frontier" in html and "What fine-tuning did" in html
+
+
+def test_local_gpu_workers_are_pinned_to_separate_gpus(monkeypatch):
+    """The runner's own LocalCluster for a GPU profile gives worker i the i-th visible GPU (its kernels get
+    CUDA_VISIBLE_DEVICES); outside such a cluster nothing is pinned."""
+    from mc_bench.study import runner
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    client, cluster = runner._client(None, 2, 1)
+    try:
+        workers = sorted(client.scheduler_info()["workers"])
+        pinned = {w: client.submit(runner.worker_gpu, workers=[w], pure=False).result() for w in workers}
+    finally:
+        client.close()
+        cluster.close()
+    assert sorted(pinned.values()) == ["3", "5"]
+    assert runner.worker_gpu() is None

@@ -43,11 +43,31 @@ STUDY_NOTEBOOKS = ("01_profile.ipynb", "04_graph.ipynb", "05_choose.ipynb", "06_
 # ------------------------------------------------------------------------------------------------ one cell
 
 
+PIN_GPUS = "MC_BENCH_PIN_GPUS"  # set by the runner's own GPU LocalCluster: the GPUs its workers share out
+
+
+def worker_gpu() -> str | None:
+    """The GPU this Dask worker's kernels should see: worker ``i`` of the runner's local GPU cluster gets the
+    ``i``-th GPU of ``$MC_BENCH_PIN_GPUS`` (modulo their number); None elsewhere (outside a worker, or on a cluster
+    whose jobs already have their own GPUs, such as SLURM's ``--gres``)."""
+    gpus = [g for g in os.environ.get(PIN_GPUS, "").split(",") if g]
+    if not gpus:
+        return None
+    from dask.distributed import get_worker
+
+    try:
+        name = get_worker().name
+    except ValueError:  # not in a worker
+        return None
+    return gpus[int(name) % len(gpus)] if str(name).isdigit() else None
+
+
 @functools.cache
-def _kernel_manager_class(threads: int = 1):
+def _kernel_manager_class(threads: int = 1, gpu: str | None = None):
     """Kernels over Unix-domain sockets (ipc) rather than TCP ports — kernels started at the same moment by several
     workers cannot race for a port, and nothing listens on the network — started with ``threads`` OpenMP/MKL
-    threads in their environment (the worker's own environment is left as it is)."""
+    threads in their environment, and ``CUDA_VISIBLE_DEVICES=gpu`` when a GPU is pinned (the worker's own
+    environment is left as it is)."""
     from jupyter_client.manager import AsyncKernelManager
 
     class IPCKernelManager(AsyncKernelManager):
@@ -58,6 +78,8 @@ def _kernel_manager_class(threads: int = 1):
         async def start_kernel(self, **kw):
             env = dict(kw.pop("env", None) or os.environ)
             env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+            if gpu is not None:
+                env["CUDA_VISIBLE_DEVICES"] = gpu
             return await super().start_kernel(env=env, **kw)
 
     return IPCKernelManager
@@ -89,7 +111,7 @@ def _execute(notebook: str, output: Path, parameters: dict, cwd: Path, threads: 
             with _stderr_to(output.with_suffix(".log")):  # the kernel's own log lines, kept beside its notebook
                 pm.execute_notebook(str(NOTEBOOKS / notebook), str(output), parameters=parameters, cwd=str(cwd),
                                     progress_bar=False, kernel_name="python3", log_output=False, start_timeout=180,
-                                    kernel_manager_class=_kernel_manager_class(threads),
+                                    kernel_manager_class=_kernel_manager_class(threads, worker_gpu()),
                                     shutdown_kernel="immediate")  # outputs are saved by then: no 2 s graceful wait
             break
         except RuntimeError as err:  # a kernel that never came up is retried once; a failing notebook is not
@@ -177,8 +199,15 @@ def _client(scheduler: str | None, workers: int, gpus: int):
     if scheduler:
         return Client(scheduler), None
     resources = {"GPU": gpus} if gpus else None
+    env = {}
+    if gpus:  # one GPU per local worker, in turn: without this every worker's kernels would share GPU 0
+        import torch
+
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        devices = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
+        env[PIN_GPUS] = ",".join(d.strip() for d in devices if d.strip())
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                           resources=resources, silence_logs=40)
+                           resources=resources, silence_logs=40, env=env)
     return Client(cluster), cluster
 
 
