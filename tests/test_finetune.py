@@ -81,6 +81,17 @@ def test_lora_round_trip_through_load_lora_weights(tmp_path, alpha):
     torch.testing.assert_close(reloaded, trained, atol=1e-5, rtol=1e-4)  # ...and loads back as trained
 
 
+def test_a_run_samples_in_its_training_precision_on_a_gpu_and_in_float32_on_the_cpu(tmp_path):
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert runs.sampling_dtype("bf16", cuda) == torch.bfloat16 and runs.sampling_dtype("fp16", cuda) == torch.float16
+    assert runs.sampling_dtype("no", cuda) == torch.float32 and runs.sampling_dtype("bf16", cpu) == torch.float32
+    ft.finetune(config(tmp_path, steps=2), sample=False)
+    pipe = runs.load_finetuned_pipeline(tmp_path / "run", "cpu", torch.bfloat16)  # a LoRA run reloaded in bf16
+    assert pipe.unet.dtype == torch.bfloat16 and pipe.vae.dtype == torch.bfloat16
+    images = pipe(["a red square"], num_inference_steps=2, output_type="np").images
+    assert images.shape[0] == 1 and np.isfinite(images).all()
+
+
 def test_full_finetune_and_generation(tmp_path):
     record = ft.finetune(config(tmp_path, method="full", learning_rate=1e-4))
     run = tmp_path / "run"

@@ -19,7 +19,7 @@ from ..config import GenerateSettings, load_manifests
 from ..errors import InputError
 from ..io import write_json
 from ..world.data import load_dataset_split
-from .runs import load_finetuned_pipeline, load_run_config, peak_memory_mb, pick_device
+from .runs import load_finetuned_pipeline, load_run_config, peak_memory_mb, pick_device, sampling_dtype
 
 SAMPLES_DIR = "samples"
 SAMPLES_TABLE = "samples.csv"
@@ -104,7 +104,10 @@ def generate_run(run_dir: Path) -> pd.DataFrame:
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
     device = pick_device(config.train.device)
-    pipe = load_finetuned_pipeline(run_dir, device)
+    dtype = sampling_dtype(config.train.mixed_precision, device)
+    if device.type == "cuda":  # the sampling peak, not the training peak of the same process
+        torch.cuda.reset_peak_memory_stats(device)
+    pipe = load_finetuned_pipeline(run_dir, device, dtype)
     _, captions = load_dataset_split(load_manifests(config.manifests), config.dataset, "eval")
     prompts = held_out_prompts(captions, config.generate.n_samples)
     start = time.perf_counter()
@@ -113,6 +116,6 @@ def generate_run(run_dir: Path) -> pd.DataFrame:
     timings_path = run_dir / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
     timings.update({"sample_seconds": round(seconds, 3), "images_per_second": round(len(table) / seconds, 3),
-                    "sample_peak_memory_mb": round(peak_memory_mb(device), 1)})
+                    "sample_peak_memory_mb": round(peak_memory_mb(device), 1), "sample_dtype": str(dtype)})
     write_json(timings_path, timings)
     return table
