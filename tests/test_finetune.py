@@ -92,6 +92,35 @@ def test_a_run_samples_in_its_training_precision_on_a_gpu_and_in_float32_on_the_
     assert images.shape[0] == 1 and np.isfinite(images).all()
 
 
+def test_the_family_is_read_from_the_pipeline_config(tmp_path):
+    """An ad-hoc folder's family comes from its model_index.json (and text encoder width), never assumed; a
+    models.yaml family that disagrees with the folder is one clear error."""
+    import shutil
+
+    from mc_bench.paths import WORLD_MODELS
+
+    family = runs.pipeline_family
+    assert family({"_class_name": "StableDiffusionPipeline"}, {"hidden_size": 768}, "x") == "sd1"
+    assert family({"_class_name": "StableDiffusionPipeline"}, {"hidden_size": 1024}, "x") == "sd2"
+    assert family({"_class_name": "StableDiffusionXLPipeline"}, None, "x") == "sdxl"
+    assert family({"_class_name": "StableDiffusion3Pipeline"}, None, "x") == "sd3"
+    assert family({"_class_name": "PixArtSigmaPipeline"}, None, "x") == "pixart"
+    with pytest.raises(InputError, match="x: pipeline class 'AudioLDMPipeline' is not a text-to-image family"):
+        family({"_class_name": "AudioLDMPipeline"}, None, "x")
+    zoo = WORLD_MODELS / MODEL
+    assert runs.build_config(str(zoo), DATASET, tmp_path / "a").resolved().model_family == "tiny-sd"
+    xl = shutil.copytree(zoo, tmp_path / "xl")
+    index = json.loads((xl / "model_index.json").read_text())
+    (xl / "model_index.json").write_text(json.dumps({**index, "_class_name": "StableDiffusionXLPipeline"}))
+    config = runs.build_config(str(xl), DATASET, tmp_path / "b").resolved()
+    assert config.model_family == "sdxl"  # not forced to sd1
+    with pytest.raises(InputError, match="family 'sdxl' is not supported by fine-tuning"):
+        runs.load_pipeline(config)
+    declared = runs.build_config(MODEL, DATASET, tmp_path / "c").resolved().model_copy(update={"model_family": "sd1"})
+    with pytest.raises(InputError, match="family 'tiny-sd', but models.yaml says 'sd1'.*set `family: tiny-sd`"):
+        runs.load_pipeline(declared)
+
+
 def test_full_finetune_and_generation(tmp_path):
     record = ft.finetune(config(tmp_path, method="full", learning_rate=1e-4))
     run = tmp_path / "run"

@@ -32,6 +32,51 @@ LORA_DIR = "lora"
 UNET_DIR = "unet"
 CHECKPOINTS = "checkpoints"
 SUPPORTED_FAMILIES = ("tiny-sd", "sd1", "sd2")
+PIPELINE_FAMILIES = {  # model_index.json's _class_name → family (StableDiffusionPipeline: see pipeline_family)
+    "StableDiffusionXLPipeline": "sdxl", "StableDiffusion3Pipeline": "sd3", "PixArtAlphaPipeline": "pixart",
+    "PixArtSigmaPipeline": "pixart", "FluxPipeline": "flux"}
+CLIP_WIDTHS = {768: "sd1", 1024: "sd2"}  # the text encoder's hidden size of SD 1.x (CLIP ViT-L) and 2.x (OpenCLIP-H)
+
+
+def pipeline_family(model_index: dict, text_encoder: dict | None, where: str) -> str:
+    """The family of a diffusers pipeline, read from its own ``model_index.json`` (and, for a
+    ``StableDiffusionPipeline``, its text encoder's width: 768 → sd1, 1024 → sd2, other → tiny-sd)."""
+    name = model_index.get("_class_name", "")
+    if name in PIPELINE_FAMILIES:
+        return PIPELINE_FAMILIES[name]
+    if name == "StableDiffusionPipeline":
+        return CLIP_WIDTHS.get((text_encoder or {}).get("hidden_size"), "tiny-sd")
+    raise InputError(where, f"pipeline class {name or '(none)'!r} is not a text-to-image family the kit knows",
+                     f"use a pipeline of one of {sorted(set(PIPELINE_FAMILIES) | {'StableDiffusionPipeline'})}")
+
+
+def _folder_family(folder: Path) -> str:
+    index = json.loads((folder / "model_index.json").read_text())
+    encoder = folder / "text_encoder" / "config.json"
+    return pipeline_family(index, json.loads(encoder.read_text()) if encoder.is_file() else None,
+                           str(folder / "model_index.json"))
+
+
+def _hub_family(repo: str, revision: str) -> str:
+    """The family of a hub pipeline from its ``model_index.json`` (and text encoder config) at ``revision``."""
+    import os
+
+    from huggingface_hub import hf_hub_download
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    try:
+        index = json.loads(Path(hf_hub_download(repo, "model_index.json", revision=revision,
+                                                local_files_only=offline)).read_text())
+        encoder = None
+        if index.get("_class_name") == "StableDiffusionPipeline":
+            encoder = json.loads(Path(hf_hub_download(repo, "text_encoder/config.json", revision=revision,
+                                                      local_files_only=offline)).read_text())
+    except Exception as err:  # offline and not cached, unknown id or revision, no network
+        raise InputError(f"hf:{repo}", f"the hub model's model_index.json could not be read at revision {revision} "
+                         f"({'offline: not in the local hub cache' if offline else type(err).__name__})",
+                         "download it on a machine that reaches the hub (huggingface-cli download) into the cache, "
+                         "or save it as a local folder and point models.yaml at that folder") from None
+    return pipeline_family(index, encoder, f"hf:{repo}@{revision}/model_index.json")
 
 
 class FinetuneConfig(BaseModel):
@@ -79,10 +124,13 @@ def resolve_model(model: str, revision: str | None, manifests: Manifests) -> Mod
         if not revision:
             raise InputError(f"model {model!r}", "a hub model needs a revision (a commit hash or tag), so that the run "
                              "can be repeated", "pass --revision <commit>, or add the model to models.yaml with one")
-        return ModelSpec(id="adhoc", source=model, revision=revision, family="sd1", resolution=512)
+        family = _hub_family(hub_id(model), revision)
+        return ModelSpec(id="adhoc", source=model, revision=revision, family=family,
+                         resolution=1024 if family in ("sdxl", "sd3", "flux", "pixart") else 512)
     folder = Path(model).expanduser()
     if (folder / "model_index.json").is_file():
-        return ModelSpec(id="adhoc", source=str(folder.resolve()), family="sd1", resolution=_folder_resolution(folder))
+        return ModelSpec(id="adhoc", source=str(folder.resolve()), family=_folder_family(folder),
+                         resolution=_folder_resolution(folder))
     raise ManifestError(
         manifests.folder / "models.yaml", f"unknown model {model!r} (not an id in models.yaml, not a diffusers "
         "folder with model_index.json, not hf:<id>)", f"use one of {sorted(manifests.models)[:6]}..., a pipeline "
@@ -90,9 +138,14 @@ def resolve_model(model: str, revision: str | None, manifests: Manifests) -> Mod
 
 
 def _folder_resolution(folder: Path) -> int:
-    unet = json.loads((folder / "unet" / "config.json").read_text())
-    vae = json.loads((folder / "vae" / "config.json").read_text())
-    return unet["sample_size"] * 2 ** (len(vae["block_out_channels"]) - 1)
+    """The pipeline's native resolution: its denoiser's latent ``sample_size`` times the VAE's downsampling."""
+    vae = folder / "vae" / "config.json"
+    for denoiser in ("unet", "transformer"):
+        config = folder / denoiser / "config.json"
+        if config.is_file() and vae.is_file():
+            down = 2 ** (len(json.loads(vae.read_text())["block_out_channels"]) - 1)
+            return json.loads(config.read_text())["sample_size"] * down
+    return 512
 
 
 def pick_device(setting: str) -> torch.device:
@@ -196,6 +249,11 @@ def load_pipeline(config: FinetuneConfig, torch_dtype=torch.float32):
                              "point models.yaml at a folder written by save_pretrained, or rebuild the zoo with "
                              "`mc-bench world zoo --rebuild`")
         _check_pipeline_folder(folder, config.allow_pickle_weights)
+        actual = _folder_family(folder)
+        if actual != config.model_family:
+            raise InputError(folder / "model_index.json", f"the pipeline is of family {actual!r}, but models.yaml "
+                             f"says {config.model_family!r} for {config.model!r}",
+                             f"set `family: {actual}` in that model's models.yaml entry")
         pipe = StableDiffusionPipeline.from_pretrained(source, torch_dtype=torch_dtype, local_files_only=True,
                                                        use_safetensors=safe, safety_checker=None,
                                                        requires_safety_checker=False)
