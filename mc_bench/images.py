@@ -3,10 +3,41 @@ samples, a study's real images beside each model's samples). A leaf module (nump
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+
+class LazyImages(Sequence):
+    """The images of a split, decoded only when indexed: a dataset of any size stays on disk (a folder's files,
+    the hub's Arrow cache) and only the batch being used is in memory. ``images[i]`` is one ``uint8`` array,
+    ``images[a:b]`` a list of them; :meth:`map` chains a per-image transform (e.g. a resize), applied on access."""
+
+    def __init__(self, n: int, load: Callable[[int], np.ndarray]):
+        self._n, self._load = int(n), load
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self._load(i) for i in range(*index.indices(self._n))]
+        index = operator.index(index)
+        if index < 0:
+            index += self._n
+        if not 0 <= index < self._n:
+            raise IndexError(f"image {index} of {self._n}")
+        return self._load(index)
+
+    def map(self, transform: Callable[[np.ndarray], np.ndarray]) -> "LazyImages":
+        load = self._load
+        return LazyImages(self._n, lambda i: transform(load(i)))
+
+    def __repr__(self) -> str:
+        return f"LazyImages({self._n} images, decoded on access)"
 
 
 def contact_sheet(images: np.ndarray, cols: int = 8, scale: int = 4, pad: int = 2) -> Image.Image:

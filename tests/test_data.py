@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -9,6 +10,8 @@ from mc_bench.config import load_manifests
 from mc_bench.world.data import dataset_folder, load_hf_dataset, read_split, validate_folder
 from mc_bench.errors import ManifestError
 from mc_bench.world import folder_digest
+
+from conftest import folder_dataset, make_imagefolder, write_manifests
 
 
 def _validate(folder):
@@ -108,3 +111,24 @@ def test_load_hf_dataset_on_local_folder(local_manifests, tmp_path, monkeypatch)
     assert set(ds) == {"train", "test"}
     assert len(ds["train"]) == 20 and set(ds["train"].column_names) == {"image", "text"}
     assert ds["train"][0]["image"].size == (8, 8)
+
+
+def test_folder_splits_are_decoded_batch_by_batch(tmp_path, monkeypatch):
+    """A folder split is read lazily: loading it decodes no image, a batch decodes that batch (memory stays bounded
+    whatever the split's size; benchmarks/stream_memory.py measures it on 30,000 images)."""
+    from mc_bench.images import LazyImages
+    from mc_bench.world import data
+
+    folder = write_manifests(tmp_path / "m", datasets=[folder_dataset()])
+    make_imagefolder(folder / "data", n_train=40)
+    manifests = load_manifests(folder)
+    opened = []
+    decode = data._decode
+    monkeypatch.setattr(data, "_decode", lambda path: opened.append(path) or decode(path))
+    images, captions = data.load_dataset_split(manifests, "local", "train")
+    assert isinstance(images, LazyImages) and len(images) == len(captions) == 40 and opened == []
+    batch = data.resize_shorter(images, 4)[0:8]
+    assert len(opened) == 8 and all(image.shape == (4, 4, 3) for image in batch)
+    assert np.array_equal(images[-1], images[39]) and np.array_equal(images[np.int64(3)], images[3])
+    with pytest.raises(IndexError):
+        images[40]

@@ -17,6 +17,7 @@ same folder (or a hub dataset id) through ``datasets.load_dataset``.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..config import DatasetSpec, Manifests, WorldSettings, resolve_folder
 from ..errors import ManifestError
+from ..images import LazyImages
 from ..paths import cache_dir, hub_id
 
 MODE_FOR_CHANNELS = {3: "RGB", 1: "L"}
@@ -135,21 +137,23 @@ def validate_folder(folder: Path, spec: DatasetSpec, world: WorldSettings) -> di
             for role, name in (("train", spec.splits.train), ("eval", spec.splits.eval))}
 
 
-def read_split_images(folder: Path, split: str, caption_column: str = "text") -> tuple[list[np.ndarray], list[str]]:
-    """The images of a validated split, each as it is (``uint8``, any size), and their captions."""
+def _decode(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im)
+
+
+def read_split_images(folder: Path, split: str, caption_column: str = "text") -> tuple[LazyImages, list[str]]:
+    """The images of a validated split, each as it is (``uint8``, any size), decoded when indexed (a split of any
+    size is never in memory whole), and their captions."""
     rows = _read_metadata(Path(folder) / split / "metadata.jsonl")
-    images, captions = [], []
-    for _, row in rows:
-        with Image.open(Path(folder) / split / row["file_name"]) as im:
-            images.append(np.asarray(im))
-        captions.append(row[caption_column])
-    return images, captions
+    paths = [Path(folder) / split / row["file_name"] for _, row in rows]
+    return LazyImages(len(paths), lambda i: _decode(paths[i])), [row[caption_column] for _, row in rows]
 
 
 def read_split(folder: Path, split: str, caption_column: str = "text") -> tuple[np.ndarray, list[str]]:
     """All images of a validated split of one size (a world dataset's) as a ``uint8`` array (n, h, w, c)."""
     images, captions = read_split_images(folder, split, caption_column)
-    return np.stack(images), captions
+    return np.stack(images[:]), captions
 
 
 def read_image_folder(folder: str | Path, caption_column: str = "text") -> tuple[list[np.ndarray], list[str]]:
@@ -212,8 +216,11 @@ def read_world_split(manifests: Manifests, dataset_id: str, role: str = "train",
     return read_split(folder, split, spec.caption_column)
 
 
-def load_dataset_split(manifests: Manifests, dataset_id: str, role: str) -> tuple[list[np.ndarray], list[str]]:
-    """Images (uint8 arrays, any size) and captions of the ``train`` or ``eval`` split of a manifest dataset."""
+def load_dataset_split(manifests: Manifests, dataset_id: str,
+                       role: str) -> tuple[Sequence[np.ndarray], list[str]]:
+    """Images (uint8 arrays, any size) and captions of the ``train`` or ``eval`` split of a manifest dataset. Folder
+    and hub splits are :class:`~mc_bench.images.LazyImages`, decoded batch by batch as they are used (memory stays
+    bounded whatever the split's size); a world split (a few hundred 16×16 images) is a list."""
     spec = manifests.dataset(dataset_id)
     if spec.source_kind == "world":
         images, captions = read_world_split(manifests, dataset_id, role)
@@ -226,25 +233,30 @@ def load_dataset_split(manifests: Manifests, dataset_id: str, role: str) -> tupl
     # a hub split name may use the `datasets` slicing syntax, e.g. "train[:90%]" / "train[90%:]"
     split = datasets.load_dataset(hub_id(spec.source), spec.params.get("config"), revision=spec.revision,
                                   split=spec.splits.train if role == "train" else spec.splits.eval)
-    return ([np.asarray(im.convert("RGB")) for im in split[spec.image_column]],
-            [str(c) for c in split[spec.caption_column]])
+    column = spec.image_column
+    images = LazyImages(len(split), lambda i: np.asarray(split[i][column].convert("RGB")))
+    return images, [str(c) for c in split[spec.caption_column]]  # reading a text column decodes no image
 
 
-def resize_shorter(images: list[np.ndarray], resolution: int) -> list[np.ndarray]:
-    """Resize each image so that its shorter side is ``resolution`` (bilinear, as diffusers' scripts do)."""
-    from PIL import Image
+def resize_one(image: np.ndarray, resolution: int) -> np.ndarray:
+    """Resize an image so that its shorter side is ``resolution`` (bilinear, as diffusers' scripts do); a grey
+    image becomes RGB."""
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=-1)
+    h, w = image.shape[:2]
+    if min(h, w) != resolution:
+        scale = resolution / min(h, w)
+        size = (max(resolution, round(w * scale)), max(resolution, round(h * scale)))
+        image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+    return image
 
-    out = []
-    for image in images:
-        if image.ndim == 2:
-            image = np.repeat(image[..., None], 3, axis=-1)
-        h, w = image.shape[:2]
-        if min(h, w) != resolution:
-            scale = resolution / min(h, w)
-            size = (max(resolution, round(w * scale)), max(resolution, round(h * scale)))
-            image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
-        out.append(image)
-    return out
+
+def resize_shorter(images: Sequence[np.ndarray], resolution: int) -> Sequence[np.ndarray]:
+    """:func:`resize_one` for every image: on access for :class:`~mc_bench.images.LazyImages` (nothing is decoded
+    here), at once for a list."""
+    if isinstance(images, LazyImages):
+        return images.map(lambda image: resize_one(image, resolution))
+    return [resize_one(image, resolution) for image in images]
 
 
 def validate_dataset(manifests: Manifests, dataset_id: str) -> None:
