@@ -270,8 +270,11 @@ def test_local_gpu_workers_are_pinned_to_separate_gpus(monkeypatch):
     try:
         workers = sorted(client.scheduler_info()["workers"])
         pinned = {w: client.submit(runner.worker_gpu, workers=[w], pure=False).result() for w in workers}
+        threads = {w: client.submit(runner.worker_threads, workers=[w], pure=False).result() for w in workers}
     finally:
         client.close()
         cluster.close()
     assert sorted(pinned.values()) == ["3", "5"]
     assert runner.worker_gpu() is None
+    # a GPU worker's cells get the worker's share of the cores; outside a worker, one thread
+    assert set(threads.values()) == {max(1, (os.cpu_count() or 1) // 2)} and runner.worker_threads() == 1

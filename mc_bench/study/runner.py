@@ -62,6 +62,16 @@ def worker_gpu() -> str | None:
     return gpus[int(name) % len(gpus)] if str(name).isdigit() else None
 
 
+def worker_threads() -> int:
+    """The threads a cell may use: the Dask worker's own (``nthreads``: the cores it was given), 1 outside one."""
+    from dask.distributed import get_worker
+
+    try:
+        return max(1, int(get_worker().state.nthreads))
+    except (ValueError, AttributeError):
+        return 1
+
+
 @functools.cache
 def _kernel_manager_class(threads: int = 1, gpu: str | None = None):
     """Kernels over Unix-domain sockets (ipc) rather than TCP ports — kernels started at the same moment by several
@@ -143,8 +153,10 @@ def failed_record(study_dir: Path, model: str, dataset: str, cause: str) -> dict
 
 
 def run_cell(study_dir: str | Path, model: str, dataset: str, profile: str, manifests: str | None = None,
-             threads: int = 1, weights: str | None = None) -> dict:
-    """Fine-tune + generate (02) and evaluate (03) one (model, dataset) cell; writes and returns ``cell.json``."""
+             threads: int | None = 1, weights: str | None = None) -> dict:
+    """Fine-tune + generate (02) and evaluate (03) one (model, dataset) cell; writes and returns ``cell.json``.
+    ``threads`` None: the worker's own threads (a GPU cell, alone on its worker's GPU, uses the worker's cores)."""
+    threads = threads or worker_threads()
     folder = cell_dir(Path(study_dir), model, dataset)
     folder.mkdir(parents=True, exist_ok=True)
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -206,7 +218,9 @@ def _client(scheduler: str | None, workers: int, gpus: int):
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         devices = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
         env[PIN_GPUS] = ",".join(d.strip() for d in devices if d.strip())
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+    # a GPU worker runs one cell at a time (resource GPU=1) and gives it its share of the machine's cores
+    threads = max(1, (os.cpu_count() or 1) // workers) if gpus else 1
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True, dashboard_address=":0",
                            resources=resources, silence_logs=40, env=env)
     return Client(cluster), cluster
 
@@ -260,8 +274,11 @@ def run_grid(study_dir: str | Path, profile_id: str, manifests: str | Path | Non
         gpu = profile.train.device == "cuda"
         client, cluster = _client(scheduler, workers, 1 if gpu else 0)
         try:
-            futures = [client.submit(run_cell, str(study_dir), model, dataset, profile_id,
-                                     str(manifests) if manifests else None, 1, weights,
+            # CPU cells: one thread each (two one-thread workers beat one two-thread one; the numbers do not depend
+            # on the machine's cores); GPU cells: the worker's threads, for data loading and evaluation
+            futures = [client.submit(run_cell, str(study_dir.resolve()), model, dataset, profile_id,
+                                     str(Path(manifests).resolve()) if manifests else None, None if gpu else 1,
+                                     weights,
                                      key=f"cell-{model}__{dataset}-{time.time_ns()}", pure=False,
                                      resources={"GPU": 1} if gpu else None)
                        for model, dataset in todo]
