@@ -166,9 +166,15 @@ def pretraining_datasets(manifests: Manifests, models: list[str], exclude=()) ->
 
 
 def done_datasets(study_dir: Path, profile: Profile) -> list[str]:
-    """The profile's datasets with at least one done cell."""
-    return [d for d in profile.datasets
-            if any((read_cell(cell_dir(study_dir, m, d)) or {}).get("status") == "done" for m in profile.models)]
+    """The profile's datasets with at least one done cell: from the study's ``cells.csv`` (the record a clone
+    carries; the per-cell folders are not committed), else from the cell folders."""
+    table = Path(study_dir) / "cells.csv"
+    if table.is_file():
+        cells = pd.read_csv(table)
+        done = set(cells.loc[cells["status"] == "done", "dataset"])
+    else:
+        done = {d for m, d in grid(profile) if (read_cell(cell_dir(study_dir, m, d)) or {}).get("status") == "done"}
+    return [d for d in profile.datasets if d in done]
 
 
 def profile_study(study_dir: str | Path, clip_folder: str | None = None, n_components: int = 4,
