@@ -278,3 +278,17 @@ def test_local_gpu_workers_are_pinned_to_separate_gpus(monkeypatch):
     assert runner.worker_gpu() is None
     # a GPU worker's cells get the worker's share of the cores; outside a worker, one thread
     assert set(threads.values()) == {max(1, (os.cpu_count() or 1) // 2)} and runner.worker_threads() == 1
+
+
+def test_done_datasets_come_from_cells_csv_when_the_cell_folders_are_not_there(tmp_path):
+    """A clone has a study's cells.csv but not its per-cell folders: the study's datasets are read from the table."""
+    from mc_bench.config import load_manifests
+    from mc_bench.study.tables import done_datasets
+
+    profile = load_manifests().profile("smoke")
+    rows = [{"model": m, "dataset": d, "status": "failed" if d == profile.datasets[0] else "done"}
+            for m in profile.models for d in profile.datasets]
+    pd.DataFrame(rows).to_csv(tmp_path / "cells.csv", index=False)
+    assert done_datasets(tmp_path, profile) == profile.datasets[1:]
+    (tmp_path / "cells.csv").unlink()
+    assert done_datasets(tmp_path, profile) == []  # no table and no cell folders: nothing is done
