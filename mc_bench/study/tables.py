@@ -16,21 +16,27 @@ The study folder (schema)::
     cells.csv                  one row per cell of the grid: model, dataset, status, error, seconds per stage
     contact_sheets/<dataset>.png   held-out real images beside each model's samples, labelled with its label value
     profiles/                  mc_bench.profile's tables, and nearest.csv (nearest_datasets)
-    history/                   history.yaml + runs.csv, models.csv, datasets.csv, similarity.csv (mc_bench.select.history)
+    history/                   history.yaml + runs.csv, models.csv, datasets.csv, similarity.csv and, with a
+                               pretrained companion, probe.csv (mc_bench.select.history)
     graph/                     graph.graphml, node_embeddings.csv
-    gains.csv                  with a pretrained companion study: one row per cell, the label before and after
-                               fine-tuning and the gain (gains_table); learnability.csv: one row per dataset
+    gains.csv                  with a pretrained companion study: one row per cell — model, dataset, family,
+                               in_domain, <label>_pretrained, <label>_finetuned, gain, relative_gain, improved
+                               (gains_table)
+    learnability.csv           one row per dataset: best pretrained and fine-tuned label, share improved, learnable
+                               (learnability: the best fine-tuned FID under UNLEARNABLE_FID)
     selection/                 lodo.csv (per method x dataset), scores.csv (per method x dataset x model),
                                halving.csv (successive halving per dataset), ceiling.csv (label_ceiling),
                                ablations.csv
     selection_summary.csv      method, top1, top3, mean_regret (+ CIs), shortlist_coverage, shortlist_size,
                                seconds_per_dataset (the compute one new dataset costs the method), cost_basis
+    figures/                   frontier.png, gains.png (06_report; the README shows them)
+    notebooks/                 the executed 01, 04, 05, 06 notebooks
+    report.html                06_report exported
 
 Companion studies sit beside the study and share its grid: ``<study>-pretrained`` (``train.steps: 0``: the
 pretrained models' samples, the probe and the quality before fine-tuning), ``<study>-rung<steps>`` (short
 fine-tunes: successive halving's lower rungs) and ``<study>-replicate`` (another seed: the label's ceiling).
-    notebooks/                 the executed 01, 04, 05, 06 notebooks
-    report.html                06_report exported
+A notebook run by hand on a study writes these tables to ``results/scratch/<study>/`` instead (:mod:`.folders`).
 
 Only the tables, the contact sheets, the executed study notebooks and the report are committed; the per-cell
 folders (``runs/``) are not: a rerun of the grid reproduces them (and ``tests/test_study.py`` reruns a few committed
