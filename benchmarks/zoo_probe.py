@@ -66,7 +66,7 @@ def run_one(model_id: str, target: str, seed: int, steps: int, n_samples: int) -
 def main() -> None:
     from scipy.stats import spearmanr
 
-    from mc_bench.world.zoo import ZOO
+    from mc_bench.world.zoo import SD_ZOO as ZOO  # the study's ten SD-format candidates (its loop trains UNets)
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--targets", default=TARGETS)

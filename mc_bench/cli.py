@@ -377,7 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     wd.add_argument("--results", default=str(REPO_ROOT / "results" / "world"), help="where contact sheets go")
     wd.set_defaults(func=world_datasets)
 
-    wz = world_sub.add_parser("zoo", help="list (or rebuild) the tiny CLIP, VAE and the ten tiny T2I models")
+    wz = world_sub.add_parser("zoo", help="list (or rebuild) the tiny CLIP, VAE and the twelve tiny T2I models "
+                                          "(SD, SDXL, SD3)")
     wz.add_argument("--json", action="store_true", help="print the zoo as JSON")
     wz.add_argument("--rebuild", action="store_true", help="retrain everything deterministically on CPU")
     wz.add_argument("--report", action="store_true", help="write models.yaml, contact sheets and CLIP retrieval")

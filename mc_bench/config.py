@@ -90,7 +90,7 @@ class ModelSpec(_Strict):
     revision: str | None = None
     family: Literal[MODEL_FAMILIES]  # type: ignore[valid-type]
     resolution: int = Field(gt=0)
-    prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon"
+    prediction_type: Literal["epsilon", "v_prediction", "sample", "flow"] = "epsilon"  # flow: rectified flow (SD3)
     license: str = ""
     # Weights stored as pickles (.bin, .ckpt) can run code when loaded; they are refused unless this model's entry
     # opts in by name. safetensors is the default and the format of every model the kit writes.

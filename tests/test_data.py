@@ -132,3 +132,32 @@ def test_folder_splits_are_decoded_batch_by_batch(tmp_path, monkeypatch):
     assert np.array_equal(images[-1], images[39]) and np.array_equal(images[np.int64(3)], images[3])
     with pytest.raises(IndexError):
         images[40]
+
+
+def test_a_hub_split_streams_and_a_list_caption_gives_its_first(tmp_path, monkeypatch):
+    """A hub dataset is opened with its revision, configuration and data folder (``params.data_dir``: how a
+    dataset whose loading script was replaced by the hub's Parquet conversion is read); a caption column of lists
+    (flickr30k: five per image) gives the first caption."""
+    import datasets
+    from PIL import Image as PILImage
+
+    from mc_bench.world import data
+
+    calls = []
+    table = datasets.Dataset.from_dict({
+        "image": [PILImage.new("RGB", (8, 8), (i * 40, 0, 0)) for i in range(3)],
+        "caption": [["a red dog", "a dog"], ["a cat", "another"], ["a cow"]]})
+
+    def fake_load_dataset(path, name=None, revision=None, data_dir=None, split=None):
+        calls.append((path, name, revision, data_dir, split))
+        return table
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    folder = write_manifests(tmp_path / "m", datasets=[{
+        "id": "hubby", "source": "hf:someone/flickr", "revision": "0d6d9049", "domain": "photos",
+        "license": "x", "caption_column": "caption", "params": {"data_dir": "2m_first_1k"},
+        "splits": {"train": "test[:90%]", "eval": "test[90%:]"}}])
+    images, captions = data.load_dataset_split(load_manifests(folder), "hubby", "train")
+    assert calls == [("someone/flickr", None, "0d6d9049", "2m_first_1k", "test[:90%]")]
+    assert captions == ["a red dog", "a cat", "a cow"]
+    assert len(images) == 3 and images[1].shape == (8, 8, 3) and images[1][0, 0, 0] == 40

@@ -109,12 +109,12 @@ def test_the_family_is_read_from_the_pipeline_config(tmp_path):
         family({"_class_name": "AudioLDMPipeline"}, None, "x")
     zoo = WORLD_MODELS / MODEL
     assert runs.build_config(str(zoo), DATASET, tmp_path / "a").resolved().model_family == "tiny-sd"
-    xl = shutil.copytree(zoo, tmp_path / "xl")
-    index = json.loads((xl / "model_index.json").read_text())
-    (xl / "model_index.json").write_text(json.dumps({**index, "_class_name": "StableDiffusionXLPipeline"}))
-    config = runs.build_config(str(xl), DATASET, tmp_path / "b").resolved()
-    assert config.model_family == "sdxl"  # not forced to sd1
-    with pytest.raises(InputError, match="family 'sdxl' is not supported by fine-tuning"):
+    pixart = shutil.copytree(zoo, tmp_path / "pixart")
+    index = json.loads((pixart / "model_index.json").read_text())
+    (pixart / "model_index.json").write_text(json.dumps({**index, "_class_name": "PixArtSigmaPipeline"}))
+    config = runs.build_config(str(pixart), DATASET, tmp_path / "b").resolved()
+    assert config.model_family == "pixart"  # not forced to sd1
+    with pytest.raises(InputError, match="family 'pixart' is not supported by fine-tuning"):
         runs.load_pipeline(config)
     declared = runs.build_config(MODEL, DATASET, tmp_path / "c").resolved().model_copy(update={"model_family": "sd1"})
     with pytest.raises(InputError, match="family 'tiny-sd', but models.yaml says 'sd1'.*set `family: tiny-sd`"):
@@ -180,7 +180,7 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path):
 
 
 def test_nan_loss_marks_run_failed(tmp_path, monkeypatch):
-    real = ft.diffusion_loss
+    real = ft.families.denoising_loss
     calls = {"n": 0}
 
     def sometimes_nan(*args, **kwargs):
@@ -188,7 +188,7 @@ def test_nan_loss_marks_run_failed(tmp_path, monkeypatch):
         loss = real(*args, **kwargs)
         return loss * float("nan") if calls["n"] == 3 else loss
 
-    monkeypatch.setattr(ft, "diffusion_loss", sometimes_nan)
+    monkeypatch.setattr(ft.families, "denoising_loss", sometimes_nan)
     record = ft.finetune(config(tmp_path, checkpoint_every=1))
     run = tmp_path / "run"
     assert record["status"] == "failed" and "non-finite loss (nan) at step 3" in record["reason"]
@@ -204,7 +204,7 @@ def test_fp16_gradient_scaler_skips_a_non_finite_step_and_fails_a_run_that_only_
     images, captions = load_dataset_split(load_manifests(), DATASET, "train")
     trainer = ft.Trainer(cfg, runs.load_pipeline(cfg), images, captions, torch.device("cpu"))
     trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
-    real, nan_at = ft.diffusion_loss, {2}
+    real, nan_at = ft.families.denoising_loss, {2}
     calls = {"n": 0}
 
     def sometimes_nan(*args, **kwargs):
@@ -212,7 +212,7 @@ def test_fp16_gradient_scaler_skips_a_non_finite_step_and_fails_a_run_that_only_
         loss = real(*args, **kwargs)
         return loss * float("nan") if calls["n"] in nan_at else loss
 
-    monkeypatch.setattr(ft, "diffusion_loss", sometimes_nan)
+    monkeypatch.setattr(ft.families, "denoising_loss", sometimes_nan)
     trainer.train_step()
     before = {k: v.clone() for k, v in ft.trainable_state(trainer.unet).items()}
     assert np.isnan(trainer.train_step())  # skipped: the weights are those of step 1

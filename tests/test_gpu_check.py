@@ -12,6 +12,6 @@ def test_gpu_check_passes_on_the_cpu(tmp_path, capsys):
     code = gpu_check.main(["--small", "--out", str(tmp_path)])
     lines = capsys.readouterr().out.strip().splitlines()
     assert code == 0 and lines[-1] == "GPU_CHECK OK", "\n".join(lines)
-    for name in ("recipe lora bf16", "recipe full bf16", "recipe lora fp16 + min-SNR", "determinism", "resume",
-                 "lora alpha != rank", "seeded generation"):
+    for name in ("recipe lora bf16", "recipe full bf16", "recipe lora fp16 + min-SNR", "sdxl family", "sd3 family",
+                 "determinism", "resume", "lora alpha != rank", "seeded generation"):
         assert any(line.startswith("ok") and name in line for line in lines), name

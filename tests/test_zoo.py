@@ -11,7 +11,8 @@ import torch
 from mc_bench.config import load_manifests
 from mc_bench.paths import CLIP_DIR, VAE_DIR, WORLD_MODELS
 from mc_bench.train.pretrain import pretrain, train_vae
-from mc_bench.world.zoo import (ZOO, ZooModel, model_metadata, sample, source_data, write_models_manifest, zoo_records)
+from mc_bench.world.zoo import (SD_ZOO, ZOO, ZooModel, model_metadata, sample, source_data, write_models_manifest,
+                                zoo_records)
 
 TINY = ZooModel("zoo-test", ("src-shapes",), (32, 64), 1, "v_prediction", "linear", steps=3, batch_size=4)
 
@@ -66,9 +67,10 @@ def test_vae_scaling_factor_normalises_latents(root):
 
 
 def test_zoo_differs_like_hub_models():
-    assert len(ZOO) == 10 and len({m.id for m in ZOO}) == 10
-    assert {m.prediction_type for m in ZOO} == {"epsilon", "v_prediction", "sample"}
-    assert len({m.beta_schedule for m in ZOO}) == 3
+    assert len(ZOO) == 12 and len({m.id for m in ZOO}) == 12
+    assert {m.family for m in ZOO} == {"tiny-sd", "sdxl", "sd3"} and len(SD_ZOO) == 10  # cpu-paper's ten
+    assert {m.prediction_type for m in ZOO} == {"epsilon", "v_prediction", "sample", "flow"}
+    assert len({m.beta_schedule for m in SD_ZOO}) == 3
     assert len({(m.block_out_channels, m.layers_per_block) for m in ZOO}) >= 4
     assert len({m.sources for m in ZOO}) >= 7 and len({m.steps for m in ZOO}) >= 3
 
@@ -93,12 +95,12 @@ def test_models_manifest_from_records(root, tmp_path):
 
 @pytest.mark.skipif(not (WORLD_MODELS / "zoo-all-small").is_dir(), reason="zoo weights not built")
 def test_committed_zoo_loads_offline_and_samples():
-    from diffusers import StableDiffusionPipeline
+    from diffusers import DiffusionPipeline
 
     records = zoo_records()
     assert [r["id"] for r in records] == [m.id for m in ZOO]
-    for record in records:
-        pipe = StableDiffusionPipeline.from_pretrained(WORLD_MODELS / record["id"], local_files_only=True)
+    for record in records:  # the SD, SDXL and SD3 models alike: the class comes from model_index.json
+        pipe = DiffusionPipeline.from_pretrained(WORLD_MODELS / record["id"], local_files_only=True)
         pipe.set_progress_bar_config(disable=True)
         images = sample(pipe, ["a white silhouette of a horse on a black background"], steps=2)
         assert images.shape == (1, 16, 16, 3)

@@ -1,13 +1,16 @@
-"""Fine-tune: LoRA or full fine-tuning of a Stable-Diffusion-family pipeline on a manifest dataset.
+"""Fine-tune: LoRA or full fine-tuning of a text-to-image pipeline (SD 1.x/2.x, SDXL, SD3: :mod:`.families`) on a
+manifest dataset.
 
 The objective follows diffusers' ``train_text_to_image.py`` / ``train_text_to_image_lora.py``: resize to the
 training resolution, centre or random crop, optional flip; encode with the VAE (a posterior sample times its
-``scaling_factor``); draw noise and timesteps; add noise with the pipeline's scheduler and regress the target of
-its ``prediction_type`` (``epsilon``: the noise; ``v_prediction``: the velocity; ``sample``: the clean latents),
-optionally weighted by min-SNR-γ (Hang et al., 2023). Captions are dropped (replaced by the empty caption) with
-probability ``caption_dropout`` so that classifier-free guidance works. AdamW, a diffusers learning-rate schedule
-with warm-up, gradient accumulation, gradient clipping, optional gradient checkpointing; bf16/fp16 autocast on a
-GPU, float32 on CPU.
+``scaling_factor``); draw noise and timesteps; add noise with the pipeline's scheduler and regress the target of its
+``prediction_type`` (``epsilon``: the noise; ``v_prediction``: the velocity; ``sample``: the clean latents),
+optionally weighted by min-SNR-γ (Hang et al., 2023); rectified-flow families (SD3) regress the flow velocity
+instead (``train_dreambooth_lora_sd3.py``). SDXL's UNet is also conditioned on the pooled text and the size and crop
+ids, SD3's transformer on the pooled text, both computed by the pipeline's own ``encode_prompt``. Captions are
+dropped (replaced by the empty caption) with probability ``caption_dropout`` so that classifier-free guidance works.
+AdamW, a diffusers learning-rate schedule with warm-up, gradient accumulation, gradient clipping, optional gradient
+checkpointing; bf16/fp16 autocast on a GPU, float32 on CPU.
 
 Every random draw (data order, crops, flips, caption dropout, VAE posterior samples, noise, timesteps) comes from one
 ``torch.Generator`` seeded by ``TrainSettings.seed``, whose state is checkpointed with the trainable weights, the
@@ -32,10 +35,11 @@ from ..config import TrainSettings, load_manifests
 from ..errors import InputError, McBenchError
 from ..io import atomic_path, library_versions, write_json
 from ..world.data import load_dataset_split, resize_shorter, validate_dataset
+from . import families
 from .generate import generate_run
-from .loss import diffusion_loss, encode_text, images_to_tensor
-from .runs import (CHECKPOINTS, LORA_DIR, UNET_DIR, FinetuneConfig, load_pipeline, peak_memory_mb, pick_device,
-                   read_status, run_lock, write_status)
+from .loss import images_to_tensor
+from .runs import (CHECKPOINTS, LORA_DIR, FinetuneConfig, load_pipeline, peak_memory_mb, pick_device, read_status,
+                   run_lock, write_status)
 
 
 def crop_and_flip(images: list[np.ndarray], resolution: int, center: bool, flip: bool,
@@ -66,30 +70,22 @@ def _write_losses(path: Path, losses: list[tuple[int, float, float]]) -> None:
 # ------------------------------------------------------------------------------------------------ trainer
 
 
-def add_lora(unet, settings: TrainSettings) -> None:
-    """Attach a peft LoRA adapter to the UNet's attention projections (diffusers' LoRA script's config)."""
+def add_lora(denoiser, settings: TrainSettings) -> None:
+    """Attach a peft LoRA adapter to the denoiser's attention projections (diffusers' LoRA scripts' config)."""
     from peft import LoraConfig
 
-    unet.requires_grad_(False)
-    unet.add_adapter(LoraConfig(r=settings.lora_rank, lora_alpha=settings.lora_alpha or settings.lora_rank,
+    denoiser.requires_grad_(False)
+    denoiser.add_adapter(LoraConfig(r=settings.lora_rank, lora_alpha=settings.lora_alpha or settings.lora_rank,
                                 init_lora_weights="gaussian", target_modules=list(settings.lora_target_modules)))
 
 
-def trainable_state(unet) -> dict[str, torch.Tensor]:
-    return {name: p.detach().clone().contiguous() for name, p in unet.named_parameters() if p.requires_grad}
+def trainable_state(denoiser) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone().contiguous() for name, p in denoiser.named_parameters() if p.requires_grad}
 
 
-def save_lora(unet, folder: Path) -> None:
-    """Save the LoRA layers in the format ``StableDiffusionPipeline.load_lora_weights`` reads, with the adapter's
-    config (rank, ``lora_alpha``, target modules) as safetensors metadata: without it a reloaded adapter whose alpha
-    differs from its rank would sample at scale 1 instead of alpha / rank."""
-    from diffusers import StableDiffusionPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from peft.utils import get_peft_model_state_dict
-
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=layers, safe_serialization=True,
-                                              unet_lora_adapter_metadata=unet.peft_config["default"].to_dict())
+def save_lora(denoiser, folder: Path, family: families.Family = families.SD) -> None:
+    """Save the LoRA layers where the family's ``load_lora_weights`` reads them (:func:`.families.save_lora`)."""
+    families.save_lora(denoiser, family, folder)
 
 
 MAX_SKIPPED_STEPS = 10  # fp16: consecutive non-finite steps after which a run is failed
@@ -100,34 +96,37 @@ class Trainer:
 
     def __init__(self, config: FinetuneConfig, pipe, images: list[np.ndarray], captions: list[str],
                  device: torch.device):
-        from diffusers import DDPMScheduler
         from diffusers.optimization import get_scheduler
 
         s = self.settings = config.train
         self.config, self.pipe, self.device = config, pipe, device
+        self.family = family = families.family_of(pipe)
+        if family.objective == "flow" and s.snr_gamma is not None:
+            raise InputError(f"model {config.model!r}", f"train.snr_gamma is set, but a {family.names[0]} model "
+                             "trains with rectified flow, which has no min-SNR weighting", "unset train.snr_gamma")
         self.run_dir = Path(config.run_dir)
-        self.resolution = s.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
+        denoiser = self.denoiser = getattr(pipe, family.denoiser)
+        self.resolution = s.resolution or denoiser.config.sample_size * pipe.vae_scale_factor
         self.images = resize_shorter(images, self.resolution)
         self.captions = captions
-        self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        self.noise_scheduler = families.training_scheduler(pipe, family)
         weight_dtype = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[s.mixed_precision]
         self.autocast_dtype = weight_dtype
-        for frozen in (pipe.vae, pipe.text_encoder):
+        for frozen in (pipe.vae, *families.text_encoders(pipe, family)):
             frozen.requires_grad_(False).eval()
             if device.type != "cpu" or weight_dtype != torch.float32:
                 frozen.to(device, weight_dtype)
-        unet = self.unet = pipe.unet
         torch.manual_seed(s.seed)  # peft initialises LoRA layers from the global RNG
         if s.method == "lora":
-            add_lora(unet, s)
+            add_lora(denoiser, s)
         else:
-            unet.requires_grad_(True)
+            denoiser.requires_grad_(True)
         if device.type != "cpu":
-            unet.to(device)
-        unet.train()
+            denoiser.to(device)
+        denoiser.train()
         if s.gradient_checkpointing:
-            unet.enable_gradient_checkpointing()
-        self.params = [p for p in unet.parameters() if p.requires_grad]
+            denoiser.enable_gradient_checkpointing()
+        self.params = [p for p in denoiser.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=s.learning_rate, weight_decay=s.adam_weight_decay)
         self.lr_scheduler = get_scheduler(s.lr_scheduler, self.optimizer, num_warmup_steps=s.lr_warmup_steps,
                                           num_training_steps=s.steps)
@@ -138,6 +137,11 @@ class Trainer:
         self.step = 0
         self.skipped_in_a_row = 0  # fp16 steps the gradient scaler skipped in a row
         self.losses: list[tuple[int, float, float]] = []
+
+    @property
+    def unet(self):
+        """The trained denoiser (a UNet, or SD3's transformer): the name diffusers' SD scripts use."""
+        return self.denoiser
 
     # -- data
     def next_batch(self) -> tuple[np.ndarray, list[str]]:
@@ -162,11 +166,16 @@ class Trainer:
             pixels = images_to_tensor(images).to(device, self.autocast_dtype)
             dist = pipe.vae.encode(pixels).latent_dist
             eps = torch.randn(dist.mean.shape, generator=self.generator).to(device, dist.mean.dtype)
-            latents = ((dist.mean + dist.std * eps) * pipe.vae.config.scaling_factor).float()
-            text = encode_text(pipe.tokenizer, pipe.text_encoder, captions).float()
+            latents = dist.mean + dist.std * eps
+            shift = getattr(pipe.vae.config, "shift_factor", None)
+            if shift is not None:  # SD3's VAE: latents are shifted before they are scaled
+                latents = latents - shift
+            latents = (latents * pipe.vae.config.scaling_factor).float()
+            conditioning = families.to(families.encode_captions(pipe, self.family, captions, self.resolution),
+                                       device, torch.float32)
         with torch.autocast(device.type, dtype=self.autocast_dtype, enabled=self.settings.mixed_precision != "no"):
-            return diffusion_loss(self.unet, self.noise_scheduler, latents, text, self.generator,
-                                  self.settings.snr_gamma)
+            return families.denoising_loss(self.family, self.denoiser, self.noise_scheduler, latents, conditioning,
+                                           self.generator, self.settings.snr_gamma)
 
     def train_step(self) -> float:
         accumulation = self.settings.gradient_accumulation_steps
@@ -205,7 +214,7 @@ class Trainer:
         tmp = root / f".tmp-step-{self.step:06d}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        save_file(trainable_state(self.unet), tmp / "trainable.safetensors")
+        save_file(trainable_state(self.denoiser), tmp / "trainable.safetensors")
         optimizer = self.optimizer.state_dict()
         tensors = {f"optimizer.{index}.{key}": value.contiguous() for index, slots in optimizer["state"].items()
                    for key, value in slots.items()}
@@ -233,7 +242,7 @@ class Trainer:
                              "pickled files such as state.pt are never loaded)",
                              f"delete {folder.parent} to restart the run from step 0")
         weights = load_file(folder / "trainable.safetensors")
-        params = dict(self.unet.named_parameters())
+        params = dict(self.denoiser.named_parameters())
         with torch.no_grad():
             for name, value in weights.items():
                 params[name].copy_(value)
@@ -250,10 +259,10 @@ class Trainer:
 
     def save_weights(self) -> Path:
         if self.settings.method == "lora":
-            save_lora(self.unet, self.run_dir / LORA_DIR)
+            save_lora(self.denoiser, self.run_dir / LORA_DIR, self.family)
             return self.run_dir / LORA_DIR
-        self.unet.save_pretrained(self.run_dir / UNET_DIR, safe_serialization=True)
-        return self.run_dir / UNET_DIR
+        self.denoiser.save_pretrained(self.run_dir / self.family.denoiser, safe_serialization=True)
+        return self.run_dir / self.family.denoiser
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

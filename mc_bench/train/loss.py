@@ -3,7 +3,9 @@
 It follows diffusers' ``train_text_to_image.py`` / ``train_text_to_image_lora.py``: images normalised to [-1, 1],
 encoded by the VAE; noise and timesteps drawn; noise added with the pipeline's scheduler and the target of its
 ``prediction_type`` regressed (``epsilon``: the noise; ``v_prediction``: the velocity; ``sample``: the clean latents),
-optionally weighted by min-SNR-γ (Hang et al., 2023).
+optionally weighted by min-SNR-γ (Hang et al., 2023). Rectified-flow models (SD3) regress the velocity
+``noise - latents`` at ``(1 - σ) · latents + σ · noise`` instead (diffusers' ``train_dreambooth_lora_sd3.py``, with
+σ drawn uniformly from the scheduler's training sigmas).
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ def encode_text(tokenizer, text_encoder, captions: list[str]) -> torch.Tensor:
 
 
 def diffusion_loss(unet, noise_scheduler, latents: torch.Tensor, encoder_hidden_states: torch.Tensor,
-                   generator: torch.Generator, snr_gamma: float | None = None) -> torch.Tensor:
+                   generator: torch.Generator, snr_gamma: float | None = None, **conditioning) -> torch.Tensor:
     """One denoising loss (diffusers' text-to-image objective; see the module docstring). Random draws come from
-    the CPU ``generator`` (so that CPU and GPU runs draw the same numbers) and move to the latents' device."""
+    the CPU ``generator`` (so that CPU and GPU runs draw the same numbers) and move to the latents' device.
+    ``conditioning``: further keyword arguments of the UNet (SDXL's ``added_cond_kwargs``)."""
     device = latents.device
     noise = torch.randn(latents.shape, generator=generator).to(device, latents.dtype)
     timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator)
@@ -44,7 +47,7 @@ def diffusion_loss(unet, noise_scheduler, latents: torch.Tensor, encoder_hidden_
         target = latents
     else:
         raise ValueError(f"unknown prediction_type {prediction_type!r}")
-    pred = unet(noisy, timesteps, encoder_hidden_states).sample
+    pred = unet(noisy, timesteps, encoder_hidden_states, **conditioning).sample
     if snr_gamma is None:
         return F.mse_loss(pred.float(), target.float())
     alphas = noise_scheduler.alphas_cumprod.to(device)[timesteps]
@@ -53,3 +56,18 @@ def diffusion_loss(unet, noise_scheduler, latents: torch.Tensor, encoder_hidden_
     weight = {"epsilon": weight / snr, "v_prediction": weight / (snr + 1), "sample": weight}[prediction_type]
     loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
     return (loss * weight).mean()
+
+
+def flow_matching_loss(transformer, noise_scheduler, latents: torch.Tensor, conditioning: dict,
+                       generator: torch.Generator) -> torch.Tensor:
+    """One rectified-flow loss (SD3): the transformer predicts ``noise - latents`` from the interpolation
+    ``(1 - σ) · latents + σ · noise`` at a timestep drawn uniformly from the flow scheduler's training timesteps.
+    ``conditioning``: the transformer's text inputs (``encoder_hidden_states``, ``pooled_projections``)."""
+    device = latents.device
+    noise = torch.randn(latents.shape, generator=generator).to(device, latents.dtype)
+    index = torch.randint(0, len(noise_scheduler.timesteps), (latents.shape[0],), generator=generator)
+    timesteps = noise_scheduler.timesteps[index].to(device)
+    sigmas = noise_scheduler.sigmas[index].to(device, latents.dtype).view(-1, 1, 1, 1)
+    noisy = (1.0 - sigmas) * latents + sigmas * noise
+    pred = transformer(hidden_states=noisy, timestep=timesteps, return_dict=False, **conditioning)[0]
+    return F.mse_loss(pred.float(), (noise - latents).float())

@@ -6,7 +6,7 @@ The run folder (``FinetuneConfig.run_dir``)::
     status.json            {"status": "running" | "done" | "failed", "reason", "step", ...}
     loss.csv               step, loss, lr                     (one row per optimizer step)
     lora/pytorch_lora_weights.safetensors   (method "lora": read by ``pipe.load_lora_weights``)
-    unet/                  (method "full": ``UNet2DConditionModel.save_pretrained``)
+    unet/ or transformer/  (method "full": the family's denoiser, ``save_pretrained``; see :mod:`.families`)
     checkpoints/step-NNNNNN/   trainable.safetensors + state.pt (optimizer, schedule, RNG, data order, losses)
     samples/NNNNN.png, samples.csv (file, caption, seed)      written by :mod:`mc_bench.train.generate`
     timings.json           train/sample seconds, steps and images per second, peak memory, device
@@ -27,11 +27,11 @@ from ..config import GenerateSettings, Manifests, ModelSpec, TrainSettings, load
 from ..errors import InputError, ManifestError
 from ..io import write_json
 from ..paths import hub_id, is_hub
+from .families import FAMILIES, get_family
 
 LORA_DIR = "lora"
-UNET_DIR = "unet"
 CHECKPOINTS = "checkpoints"
-SUPPORTED_FAMILIES = ("tiny-sd", "sd1", "sd2")
+SUPPORTED_FAMILIES = tuple(FAMILIES)  # tiny-sd, sd1, sd2, sdxl, sd3 (pixart and flux are recognised, not trained)
 PIPELINE_FAMILIES = {  # model_index.json's _class_name → family (StableDiffusionPipeline: see pipeline_family)
     "StableDiffusionXLPipeline": "sdxl", "StableDiffusion3Pipeline": "sd3", "PixArtAlphaPipeline": "pixart",
     "PixArtSigmaPipeline": "pixart", "FluxPipeline": "flux"}
@@ -205,7 +205,7 @@ def _check_pipeline_folder(folder: Path, allow_pickle: bool) -> None:
         if not part.is_dir():
             raise InputError(part, f"the pipeline's {name} folder is missing (model_index.json names it)",
                              "point models.yaml at a complete folder written by save_pretrained")
-        if name in ("unet", "vae", "text_encoder"):
+        if name in ("unet", "transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
             safe = list(part.glob("*.safetensors"))
             pickled = [p for p in part.iterdir() if p.suffix in (".bin", ".ckpt", ".pt", ".pth")]
             if not safe and pickled and not allow_pickle:
@@ -217,26 +217,25 @@ def _check_pipeline_folder(folder: Path, allow_pickle: bool) -> None:
 
 
 def load_pipeline(config: FinetuneConfig, torch_dtype=torch.float32):
-    """The base pipeline of a resolved config (local folder or hub id at its revision), safetensors only unless the
-    model's entry allows pickled weights."""
+    """The base pipeline of a resolved config (local folder or hub id at its revision), in the pipeline class of the
+    model's family (:mod:`.families`), safetensors only unless the model's entry allows pickled weights."""
     import os
 
-    from diffusers import StableDiffusionPipeline
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.disable_progress_bar()  # "Loading pipeline components" bars clutter logs and notebooks
     if config.model_family not in SUPPORTED_FAMILIES:
         raise InputError(f"model {config.model!r}", f"family {config.model_family!r} is not supported by fine-tuning",
-                         f"fine-tuning supports the SD UNet families {SUPPORTED_FAMILIES}; pick such a model")
+                         f"fine-tuning supports the families {SUPPORTED_FAMILIES}; pick such a model")
+    family = get_family(config.model_family)
     source = config.model_source
     safe = None if config.allow_pickle_weights else True
     if is_hub(source):
         offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
         try:
-            pipe = StableDiffusionPipeline.from_pretrained(hub_id(source), revision=config.revision,
-                                                           torch_dtype=torch_dtype, use_safetensors=safe,
-                                                           local_files_only=offline, safety_checker=None,
-                                                           requires_safety_checker=False)
+            pipe = family.pipeline_type().from_pretrained(hub_id(source), revision=config.revision,
+                                                          torch_dtype=torch_dtype, use_safetensors=safe,
+                                                          local_files_only=offline, **family.load_kwargs())
         except (OSError, ValueError) as err:
             raise InputError(source, f"the hub model could not be loaded at revision {config.revision} "
                              f"({'offline: not in the local hub cache' if offline else type(err).__name__})",
@@ -254,9 +253,8 @@ def load_pipeline(config: FinetuneConfig, torch_dtype=torch.float32):
             raise InputError(folder / "model_index.json", f"the pipeline is of family {actual!r}, but models.yaml "
                              f"says {config.model_family!r} for {config.model!r}",
                              f"set `family: {actual}` in that model's models.yaml entry")
-        pipe = StableDiffusionPipeline.from_pretrained(source, torch_dtype=torch_dtype, local_files_only=True,
-                                                       use_safetensors=safe, safety_checker=None,
-                                                       requires_safety_checker=False)
+        pipe = family.pipeline_type().from_pretrained(source, torch_dtype=torch_dtype, local_files_only=True,
+                                                      use_safetensors=safe, **family.load_kwargs())
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -270,9 +268,8 @@ def load_run_config(run_dir: Path) -> FinetuneConfig:
 
 
 def load_finetuned_pipeline(run_dir: Path, device: str | torch.device = "cpu", torch_dtype=torch.float32):
-    """The base pipeline with the run's LoRA layers (``load_lora_weights``) or fine-tuned UNet, in ``torch_dtype``."""
-    from diffusers import UNet2DConditionModel
-
+    """The base pipeline with the run's LoRA layers (``load_lora_weights``) or fine-tuned denoiser (UNet or
+    transformer), in ``torch_dtype``."""
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
     pipe = load_pipeline(config, torch_dtype)
@@ -290,11 +287,13 @@ def load_finetuned_pipeline(run_dir: Path, device: str | torch.device = "cpu", t
         finally:
             diffusers_logging.set_verbosity(level)
     else:
-        if not (run_dir / UNET_DIR / "config.json").is_file():
-            raise InputError(run_dir / UNET_DIR, "fine-tuned UNet missing (the run did not finish)",
+        family = get_family(config.model_family)
+        folder = run_dir / family.denoiser
+        if not (folder / "config.json").is_file():
+            raise InputError(folder, f"fine-tuned {family.denoiser} missing (the run did not finish)",
                              "rerun `mc-bench finetune`")
-        pipe.unet = UNet2DConditionModel.from_pretrained(run_dir / UNET_DIR, torch_dtype=torch_dtype,
-                                                         use_safetensors=True)
+        setattr(pipe, family.denoiser, family.denoiser_type().from_pretrained(folder, torch_dtype=torch_dtype,
+                                                                              use_safetensors=True))
     return pipe.to(device)
 
 

@@ -197,7 +197,7 @@ def load_hf_dataset(manifests: Manifests, spec: DatasetSpec):
     import datasets
 
     if spec.source_kind == "hub":
-        ds = datasets.load_dataset(hub_id(spec.source), spec.params.get("config"), revision=spec.revision)
+        ds = _load_hub(spec)
     else:
         ds = datasets.load_dataset("imagefolder", data_dir=str(dataset_folder(manifests, spec)))
     renames = {old: new for old, new in ((spec.image_column, "image"), (spec.caption_column, "text")) if old != new}
@@ -228,14 +228,28 @@ def load_dataset_split(manifests: Manifests, dataset_id: str,
     if spec.source_kind == "folder":
         return read_split_images(dataset_folder(manifests, spec),
                                  spec.splits.train if role == "train" else spec.splits.eval, spec.caption_column)
-    import datasets
-
     # a hub split name may use the `datasets` slicing syntax, e.g. "train[:90%]" / "train[90%:]"
-    split = datasets.load_dataset(hub_id(spec.source), spec.params.get("config"), revision=spec.revision,
-                                  split=spec.splits.train if role == "train" else spec.splits.eval)
+    split = _load_hub(spec, split=spec.splits.train if role == "train" else spec.splits.eval)
     column = spec.image_column
     images = LazyImages(len(split), lambda i: np.asarray(split[i][column].convert("RGB")))
-    return images, [str(c) for c in split[spec.caption_column]]  # reading a text column decodes no image
+    return images, [caption_text(c) for c in split[spec.caption_column]]  # a text column decodes no image
+
+
+def _load_hub(spec: DatasetSpec, split: str | None = None):
+    """``datasets.load_dataset`` of a hub dataset at its revision, with the manifest's ``params.config`` (a
+    configuration name) and ``params.data_dir`` (a folder of the repository, e.g. one configuration of a dataset
+    whose loading script was replaced by the hub's Parquet conversion)."""
+    import datasets
+
+    return datasets.load_dataset(hub_id(spec.source), spec.params.get("config"), revision=spec.revision,
+                                 data_dir=spec.params.get("data_dir"), split=split)
+
+
+def caption_text(value) -> str:
+    """A caption cell as text; a list of captions (several per image, as flickr30k has) gives its first."""
+    if isinstance(value, (list, tuple)):
+        return str(value[0]) if len(value) else ""
+    return str(value)
 
 
 def resize_one(image: np.ndarray, resolution: int) -> np.ndarray:

@@ -1,15 +1,21 @@
-"""The offline world's models: a tiny CLIP, a shared tiny VAE, and ten tiny Stable-Diffusion-format T2I models.
+"""The offline world's models: a tiny CLIP, a shared tiny VAE, and twelve tiny T2I models in the hub's formats.
 
 Everything is saved exactly as hub checkpoints are (``save_pretrained``, safetensors), under
 ``world_models/``::
 
     world_models/tiny-clip/            CLIPModel + CLIPTokenizer + CLIPImageProcessor (metrics, profiles)
     world_models/<zoo id>/             StableDiffusionPipeline: unet, vae, text_encoder, tokenizer, scheduler
+    world_models/zoo-xl-natural/       StableDiffusionXLPipeline: + text_encoder_2, tokenizer_2; a "text_time" UNet
+    world_models/zoo-sd3-symbols/      StableDiffusion3Pipeline: an SD3 (MMDiT) transformer, two CLIP text
+                                       encoders (no T5), a flow-matching scheduler
 
-so ``StableDiffusionPipeline.from_pretrained(folder, local_files_only=True)`` loads a zoo model the way it
-loads ``stable-diffusion-v1-5``. The zoo shares one VAE and the tiny CLIP's text tower as text encoder (as the
-SD 1.x family shares OpenAI's CLIP text encoder), and differs the way hub models differ: pretraining domains,
-UNet width and depth, prediction type, noise schedule and pretraining length (:data:`ZOO`).
+so ``DiffusionPipeline.from_pretrained(folder, local_files_only=True)`` loads a zoo model the way it loads
+``stable-diffusion-v1-5``, ``stable-diffusion-xl-base-1.0`` or ``stable-diffusion-3-medium-diffusers``. The zoo shares
+one VAE and the tiny CLIP's text tower as text encoder (as the SD 1.x family shares OpenAI's CLIP text encoder; the
+SDXL and SD3 models use it twice, for both of their CLIP encoders), and differs the way hub models differ: family and
+architecture (UNet, SDXL's UNet, SD3's transformer), pretraining domains, width and depth, objective (epsilon, v,
+sample prediction; rectified flow), noise schedule and pretraining length (:data:`ZOO`). The ten SD-format models are
+the candidates of the cpu-paper study (the paper's 10); the SDXL and SD3 ones were added after it (issue 17).
 :func:`mc_bench.train.pretrain.build_world_models` rebuilds all of it deterministically on CPU (each model trains
 in one thread).
 """
@@ -43,6 +49,7 @@ class ZooModel:
     batch_size: int = 32
     learning_rate: float = 1e-3
     seed: int = 0
+    family: str = "tiny-sd"  # tiny-sd (StableDiffusionPipeline), sdxl or sd3 (prediction_type "flow")
 
 
 ALL_SOURCES = ("src-animals", "src-digits", "src-glyphs-sans", "src-glyphs-serif", "src-shapes", "src-textures",
@@ -63,7 +70,13 @@ ZOO: tuple[ZooModel, ...] = (
     ZooModel("zoo-all-short", ALL_SOURCES, (48, 96), 1, "epsilon", "linear", 300),
     ZooModel("zoo-animals-shapes", ("src-animals", "src-shapes"), (48, 96), 1, "v_prediction", "squaredcos_cap_v2", 1500),
     ZooModel("zoo-faces-photos", ("src-faces", "src-photos"), (32, 64), 2, "sample", "scaled_linear", 1500),
+    # Other families, as a 2026 candidate list has them (issue 17); not in the cpu-paper study's 10 candidates.
+    ZooModel("zoo-xl-natural", ("src-animals", "src-textures", "src-photos", "src-faces"), (32, 64), 1, "epsilon",
+             "scaled_linear", 1500, family="sdxl"),
+    ZooModel("zoo-sd3-symbols", ("src-digits", "src-glyphs-sans", "src-glyphs-serif", "src-shapes"), (64,), 2, "flow",
+             "flow", 1000, family="sd3"),
 )
+SD_ZOO = tuple(m for m in ZOO if m.family == "tiny-sd")  # the cpu-paper study's ten candidates
 
 BETAS = {"scaled_linear": (0.00085, 0.012), "linear": (0.0001, 0.02), "squaredcos_cap_v2": (0.0001, 0.02)}
 
@@ -92,10 +105,43 @@ def make_unet(spec: ZooModel, cross_attention_dim: int, latent_size: int):
                                 attention_head_dim=8, norm_num_groups=16)
 
 
-def make_schedulers(spec: ZooModel):
-    """The training scheduler (DDPM) and the sampling scheduler saved in the pipeline (DDIM, same betas)."""
-    from diffusers import DDIMScheduler, DDPMScheduler
+def make_sdxl_unet(spec: ZooModel, cross_attention_dim: int, pooled_dim: int, latent_size: int):
+    """An SDXL-style UNet: conditioned on the pooled text embedding and the six size/crop ids
+    (``addition_embed_type="text_time"``), linear attention projections, as ``stable-diffusion-xl-base-1.0``."""
+    from diffusers import UNet2DConditionModel
 
+    time_dim = 8
+    return UNet2DConditionModel(sample_size=latent_size, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS,
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+                                block_out_channels=spec.block_out_channels, layers_per_block=spec.layers_per_block,
+                                cross_attention_dim=cross_attention_dim, attention_head_dim=8, norm_num_groups=16,
+                                use_linear_projection=True, addition_embed_type="text_time",
+                                addition_time_embed_dim=time_dim,
+                                projection_class_embeddings_input_dim=6 * time_dim + pooled_dim)
+
+
+def make_sd3_transformer(spec: ZooModel, joint_attention_dim: int, pooled_dim: int, latent_size: int):
+    """An SD3 MMDiT transformer: ``block_out_channels[0]`` wide (heads of 16), ``layers_per_block`` joint blocks,
+    patch size 1 on the 8 × 8 latents."""
+    from diffusers import SD3Transformer2DModel
+
+    width = spec.block_out_channels[0]
+    return SD3Transformer2DModel(sample_size=latent_size, patch_size=1, in_channels=LATENT_CHANNELS,
+                                 out_channels=LATENT_CHANNELS, num_layers=spec.layers_per_block, attention_head_dim=16,
+                                 num_attention_heads=width // 16, joint_attention_dim=joint_attention_dim,
+                                 caption_projection_dim=width, pooled_projection_dim=pooled_dim,
+                                 pos_embed_max_size=2 * latent_size)
+
+
+def make_schedulers(spec: ZooModel):
+    """The training scheduler (DDPM) and the sampling scheduler saved in the pipeline (DDIM, same betas); for a
+    rectified-flow model both are the flow-matching Euler scheduler (shift 1: the images are small)."""
+    from diffusers import DDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteScheduler
+
+    if spec.prediction_type == "flow":
+        flow = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
+        return flow, flow
     start, end = BETAS[spec.beta_schedule]
     ddpm = DDPMScheduler(num_train_timesteps=1000, beta_start=start, beta_end=end, beta_schedule=spec.beta_schedule,
                          prediction_type=spec.prediction_type, clip_sample=False)
@@ -163,7 +209,8 @@ def write_models_manifest(path: Path, root: Path = WORLD_MODELS, specs: tuple[Zo
     for record in zoo_records(root, specs):
         entries.append({
             "id": record["id"], "source": os.path.relpath(Path(root) / record["id"], Path(path).parent),
-            "family": "tiny-sd", "resolution": 16, "prediction_type": record["prediction_type"], "license": "MIT",
+            "family": record.get("family", "tiny-sd"), "resolution": 16, "prediction_type": record["prediction_type"],
+            "license": "MIT",
             "metadata": model_metadata(record)})
     header = ("# Candidate text-to-image models (schema: data_manifests/README.md).\n"
               "# The zoo entries are written by `mc-bench world zoo`; add hub models with `source: hf:<id>` + revision.\n")
@@ -198,7 +245,7 @@ def contact_sheets(out: Path, root: Path = WORLD_MODELS, manifests: Manifests | 
     """For each zoo model, samples for captions of its own source datasets and of one far target."""
     import random
 
-    from diffusers import StableDiffusionPipeline
+    from diffusers import DiffusionPipeline
 
     from ..config import load_manifests
     from ..images import labelled_rows, save_png
@@ -207,7 +254,7 @@ def contact_sheets(out: Path, root: Path = WORLD_MODELS, manifests: Manifests | 
     manifests = manifests or load_manifests(check_profiles=False)
     paths = []
     for record in zoo_records(root):
-        pipe = StableDiffusionPipeline.from_pretrained(Path(root) / record["id"], local_files_only=True)
+        pipe = DiffusionPipeline.from_pretrained(Path(root) / record["id"], local_files_only=True)
         pipe.set_progress_bar_config(disable=True)
         rows = []
         for dataset_id in [*record["sources"], far_domain]:
