@@ -26,6 +26,8 @@ from .history import History, from_transfergraph, load_history, transfergraph_ta
 from .synthetic import synthetic_history
 
 TRANSFERGRAPH_IMAGE = REPO_ROOT.parent / "shared" / "external" / "transfergraph" / "image_classification"
+# cpu-validation's runs with those of the LoRA-recipe cpu-paper study (now results/cpu-paper-lora): both grids were
+# fine-tuned with the first recipe, so this validation history keeps that label (issue 15)
 WORLD_VALIDATION_HISTORY = REPO_ROOT / "results" / "cpu-validation" / "history-with-cpu-paper"
 CPU_PAPER_HISTORY = REPO_ROOT / "results" / "cpu-paper" / "history"
 SYNTHETIC_SHAPE = {"n_models": 20, "n_datasets": 30}
