@@ -8,7 +8,8 @@ Validation histories (none of their targets is ever reported):
   datasets that are not in its published table (diabetic_retinopathy_detection, eurosat, food101, kitti,
   smallnorb_label_azimuth); each fold learns from the other twelve datasets;
 * ``world-val`` — the world's 12 validation datasets (profile ``cpu-validation``), held out one at a time, each fold
-  learning from the other validation datasets and cpu-paper's 32 (history = both studies' runs; profiles of all);
+  learning from the other validation datasets and cpu-paper's 32 (history = both studies' runs, both fine-tuned with
+  the LoRA recipe — the cpu-paper study of then, now ``results/cpu-paper-lora``; profiles of all);
 * ``synthetic-val-<seed>`` — synthetic histories with planted structure, seeds 100-104 (the reported synthetic
   histories use seeds 0-2).
 
