@@ -68,10 +68,6 @@ def adapter(run: Path) -> dict[str, torch.Tensor]:
     return load_file(run / runs.LORA_DIR / "pytorch_lora_weights.safetensors")
 
 
-def unet_output(denoiser, device) -> torch.Tensor:
-    return denoiser_output(denoiser, device)
-
-
 def check_recipes(out: Path, small: bool, cuda: bool) -> None:
     recipes = [("lora bf16, epsilon", "zoo-all-small", {"method": "lora", "mixed_precision": "bf16"}),
                ("full bf16, v-prediction", "zoo-large-natural", {"method": "full", "mixed_precision": "bf16",
@@ -90,7 +86,7 @@ def check_recipes(out: Path, small: bool, cuda: bool) -> None:
             timings = json.loads((Path(config.run_dir) / "timings.json").read_text())
             pipe = runs.load_finetuned_pipeline(Path(config.run_dir), runs.pick_device(config.train.device))
             denoiser = pipe.transformer if hasattr(pipe, "transformer") else pipe.unet
-            finite = bool(torch.isfinite(unet_output(denoiser, pipe.device)).all())
+            finite = bool(torch.isfinite(denoiser_output(denoiser, pipe.device)).all())
         except Exception as err:  # a check reports, it does not stop the others
             report(f"recipe {name}", False, f"{type(err).__name__}: {err}")
             continue
@@ -131,14 +127,14 @@ def check_lora_alpha(out: Path, small: bool) -> None:
     for _ in range(3):
         trainer.train_step()
     trainer.unet.eval()
-    trained = unet_output(trainer.unet, device)
+    trained = denoiser_output(trainer.unet, device)
     ft.save_lora(trainer.unet, out / "alpha" / runs.LORA_DIR)
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.set_verbosity_error()  # "no LoRA keys for the text encoder": only the UNet is adapted
     pipe = runs.load_pipeline(config).to(device)
     pipe.load_lora_weights(out / "alpha" / runs.LORA_DIR, weight_name="pytorch_lora_weights.safetensors")
-    diff = float((unet_output(pipe.unet, device) - trained).abs().max())
+    diff = float((denoiser_output(pipe.unet, device) - trained).abs().max())
     report("lora alpha != rank", diff < 1e-3, f"rank 4, alpha 16: max |reloaded - trained| = {diff:.2e}")
 
 

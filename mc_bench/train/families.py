@@ -72,7 +72,7 @@ def get_family(name: str) -> Family:
 def family_of(pipe) -> Family:
     """The :class:`Family` of a loaded pipeline, from its class."""
     name = type(pipe).__name__
-    for family in (SD, SDXL, SD3):
+    for family in FAMILIES.values():
         if family.pipeline_class == name:
             return family
     raise KeyError(f"no fine-tuning family for pipeline class {name!r}")

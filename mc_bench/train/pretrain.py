@@ -137,17 +137,11 @@ def pretrain(spec: ZooModel, root: Path = WORLD_MODELS, manifests: Manifests | N
     pipe, train_scheduler = build_pipeline(spec, root, latent_size)
     family = families.family_of(pipe)
     denoiser = getattr(pipe, family.denoiser)
-    if family is families.SD:
-        losses = train_unet(denoiser, pipe.vae, pipe.text_encoder, pipe.tokenizer, train_scheduler, images, captions,
-                            steps=spec.steps, batch_size=spec.batch_size, learning_rate=spec.learning_rate,
-                            seed=spec.seed)
-    else:
-        losses = train_denoiser(
-            denoiser, pipe.vae, lambda c: families.encode_captions(pipe, family, c, images.shape[1]),
-            lambda model, latents, cond, gen: families.denoising_loss(family, model, train_scheduler, latents, cond,
-                                                                      gen),
-            images, captions, steps=spec.steps, batch_size=spec.batch_size, learning_rate=spec.learning_rate,
-            seed=spec.seed)
+    losses = train_denoiser(
+        denoiser, pipe.vae, lambda c: families.encode_captions(pipe, family, c, images.shape[1]),
+        lambda model, latents, cond, gen: families.denoising_loss(family, model, train_scheduler, latents, cond, gen),
+        images, captions, steps=spec.steps, batch_size=spec.batch_size, learning_rate=spec.learning_rate,
+        seed=spec.seed)
     denoiser.eval()
     # Weights are stored in float16 (half the repository size); from_pretrained loads them as float32 on CPU.
     for module in (denoiser, pipe.vae, *families.text_encoders(pipe, family)):
