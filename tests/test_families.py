@@ -112,3 +112,13 @@ def test_min_snr_is_refused_for_a_rectified_flow_model(tmp_path):
     images, captions = load_dataset_split(load_manifests(), DATASET, "train")
     with pytest.raises(InputError, match="rectified flow, which has no min-SNR weighting.*unset train.snr_gamma"):
         ft.Trainer(cfg, runs.load_pipeline(cfg), images, captions, torch.device("cpu"))
+
+
+def test_a_full_run_without_its_denoiser_is_one_clear_error(tmp_path):
+    """A full fine-tune whose saved transformer is gone is refused naming the folder and the fix."""
+    import shutil
+
+    ft.finetune(config(tmp_path, "zoo-sd3-symbols", method="full"), sample=False)
+    shutil.rmtree(tmp_path / "run" / "transformer")
+    with pytest.raises(InputError, match=r"run/transformer: fine-tuned transformer missing.*rerun `mc-bench finetune`"):
+        runs.load_finetuned_pipeline(tmp_path / "run")
