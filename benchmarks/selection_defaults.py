@@ -7,9 +7,11 @@ Validation histories (none of their targets is ever reported):
 * ``transfergraph-image-val`` — TransferGraph's image records (``../shared``), held out one at a time: the five
   datasets that are not in its published table (diabetic_retinopathy_detection, eurosat, food101, kitti,
   smallnorb_label_azimuth); each fold learns from the other twelve datasets;
-* ``world-val`` — the world's 12 validation datasets (profile ``cpu-validation``), held out one at a time, each fold
-  learning from the other validation datasets and cpu-paper's 32 (history = both studies' runs, both fine-tuned with
-  the LoRA recipe — the cpu-paper study of then, now ``results/cpu-paper-lora``; profiles of all);
+* ``world-val`` — the world's 12 validation datasets (profile ``cpu-validation-full``), held out one at a time, each
+  fold learning from the other validation datasets and cpu-paper's 32 (history = both studies' runs, both fine-tuned
+  with cpu-paper's recipe: full UNet, lr 5e-5, cosine, 100 steps; profiles of all);
+* ``world-val-lora`` — the same 12 datasets fine-tuned with the first recipe (LoRA rank 4; profile
+  ``cpu-validation``), with the LoRA cpu-paper study's runs (``results/cpu-paper-lora``) as the other 32;
 * ``synthetic-val-<seed>`` — synthetic histories with planted structure, seeds 100-104 (the reported synthetic
   histories use seeds 0-2).
 

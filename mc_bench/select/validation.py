@@ -6,8 +6,10 @@ Defaults are chosen on *validation* histories only, and numbers are reported on 
 history                       validation targets (held out one at a time)                      reported targets
 ============================  ==============================================================  ===================
 TransferGraph image records   the 5 datasets outside TransferGraph's published table            its 8 published
-the world (cpu-paper + cpu-   the 12 ``role: validation`` datasets (profile cpu-validation),   cpu-paper's 32
-validation runs)              each fold learning from the other 43 datasets
+the world (cpu-paper + cpu-   the 12 ``role: validation`` datasets (profile                    cpu-paper's 32
+validation-full runs)         cpu-validation-full), each fold learning from the other 43
+the world, LoRA label (cpu-   the same 12 datasets (profile cpu-validation), with the LoRA     (cpu-paper-lora's
+paper-lora + cpu-validation)  cpu-paper study's runs as the other 32                           32, not reported)
 synthetic (planted)           seeds 100-104                                                    seeds 0-2
 ============================  ==============================================================  ===================
 
@@ -26,9 +28,12 @@ from .history import History, from_transfergraph, load_history, transfergraph_ta
 from .synthetic import synthetic_history
 
 TRANSFERGRAPH_IMAGE = REPO_ROOT.parent / "shared" / "external" / "transfergraph" / "image_classification"
-# cpu-validation's runs with those of the LoRA-recipe cpu-paper study (now results/cpu-paper-lora): both grids were
-# fine-tuned with the first recipe, so this validation history keeps that label (issue 15)
-WORLD_VALIDATION_HISTORY = REPO_ROOT / "results" / "cpu-validation" / "history-with-cpu-paper"
+# cpu-validation-full's runs with cpu-paper's: both grids fine-tuned with the recipe cpu-paper reports (full UNet,
+# lr 5e-5, cosine, 100 steps), so the defaults are chosen on the label they are judged on
+WORLD_VALIDATION_HISTORY = REPO_ROOT / "results" / "cpu-validation-full" / "history-with-cpu-paper"
+# the same 12 validation datasets with the first recipe (LoRA rank 4, lr 1e-3), with the LoRA cpu-paper study's runs
+# (results/cpu-paper-lora): a second label of the world, kept as a validation history of its own
+WORLD_VALIDATION_LORA_HISTORY = REPO_ROOT / "results" / "cpu-validation" / "history-with-cpu-paper"
 CPU_PAPER_HISTORY = REPO_ROOT / "results" / "cpu-paper" / "history"
 SYNTHETIC_SHAPE = {"n_models": 20, "n_datasets": 30}
 SYNTHETIC_VALIDATION_SEEDS = (100, 101, 102, 103, 104)
@@ -45,15 +50,18 @@ def transfergraph_split(folder: str | Path = TRANSFERGRAPH_IMAGE) -> tuple[Histo
 
 
 def validation_histories(include_world: bool = True) -> Histories:
-    """Every validation history with its validation targets (see the module docstring). The world's needs the
-    committed ``results/cpu-validation`` study (:func:`mc_bench.study.build_validation_history` writes it)."""
+    """Every validation history with its validation targets (see the module docstring). The world's two need the
+    committed histories :data:`WORLD_VALIDATION_HISTORY` and :data:`WORLD_VALIDATION_LORA_HISTORY`, each written by
+    :func:`mc_bench.study.build_combined_history` from the validation grid's and the cpu-paper grid's study folders
+    (e.g. ``build_combined_history(["results/cpu-validation-full", "results/cpu-paper"], WORLD_VALIDATION_HISTORY)``)."""
     out: Histories = {}
     if TRANSFERGRAPH_IMAGE.is_dir():
         history, _, validation = transfergraph_split()
         out["transfergraph-image-val"] = (history, validation)
-    if include_world and (WORLD_VALIDATION_HISTORY / "history.yaml").is_file():
-        history = load_history(WORLD_VALIDATION_HISTORY)
-        out["world-val"] = (history, [d for d in history.datasets if d.startswith("val-")])
+    for name, folder in (("world-val", WORLD_VALIDATION_HISTORY), ("world-val-lora", WORLD_VALIDATION_LORA_HISTORY)):
+        if include_world and (folder / "history.yaml").is_file():
+            history = load_history(folder)
+            out[name] = (history, [d for d in history.datasets if d.startswith("val-")])
     for seed in SYNTHETIC_VALIDATION_SEEDS:
         history = synthetic_history(**SYNTHETIC_SHAPE, seed=seed)
         out[f"synthetic-val-{seed}"] = (history, history.datasets)

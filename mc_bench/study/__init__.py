@@ -1,5 +1,6 @@
 """The study: the model x dataset grid as papermill notebooks on Dask (:mod:`.runner`), the study folder's tables and
-histories (:mod:`.tables`), and the report's figures (:mod:`.report`)."""
+histories (:mod:`.tables`), what choosing for a new dataset costs each method (:mod:`.costs`), and the report's
+figures (:mod:`.report`)."""
 
 from .folders import analysis_folders, study_file
 from .runner import drop_figures, run_cell, run_grid, run_study, run_study_notebooks

@@ -1,0 +1,117 @@
+"""What choosing a model for one new dataset costs each method, from per-step and per-image rates.
+
+The frontier of a study measured on this machine (``selection_summary.csv``'s ``seconds_per_dataset``) sums the
+seconds its cells took. For a profile that was not run here — the GPU ``paper`` profile — the same costs follow
+from its settings and four rates:
+
+* ``step_seconds`` — one optimizer step of fine-tuning at the profile's batch size and resolution;
+* ``image_seconds`` — sampling one image with the profile's inference steps;
+* ``eval_image_seconds`` — evaluating one generated image (FID/KID features, CLIP score, ImageReward);
+* ``profile_seconds`` — profiling the new dataset (embedding its images and captions: M&C's only device work).
+
+Per new dataset with ``M`` candidates, full budget ``S`` steps, ``N`` samples per run:
+
+==========================  ========================================================================================
+method                      cost
+==========================  ========================================================================================
+global-best                 0 (reads the history)
+M&C, history-weighted,      profile the dataset: ``profile_seconds``
+nearest-dataset
+probe                       sample and evaluate every candidate as pretrained: ``M x N x (image + eval_image)``
+M&C + probe                 probe + profile
+successive halving          ``M`` runs at the first rung's steps, then ``ceil(M / eta)`` at the next, ... to ``S``,
+                            each run = its steps x ``step_seconds`` + sampling and evaluating ``N`` images
+exhaustive fine-tuning      ``M`` runs of ``S`` steps, each sampled and evaluated
+==========================  ========================================================================================
+
+:func:`measured_rates` reads the rates off a study that was run (its ``cells.csv`` and ``runs.csv``), so the same
+formula can be checked against a study's measured frontier and applied to the paper profile with rates measured
+on a GPU. Rates that were not measured are estimates, and every row says which it is (``rates``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ..config import Profile
+from ..select.halving import halving_schedule
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Seconds per unit of work on one device, and where they came from (``source``: "measured: <study>" or
+    "estimate: <basis>")."""
+
+    step_seconds: float
+    image_seconds: float
+    eval_image_seconds: float
+    profile_seconds: float
+    source: str
+
+
+def measured_rates(study_dir: str | Path, profile_dir: str | Path | None = None) -> Rates:
+    """The mean rates of a study's done cells (total seconds over total work): training seconds per step (``runs.csv``), sampling and evaluation
+    seconds per generated image (``cells.csv`` stage seconds over ``generate_n_samples``), and profiling seconds per
+    dataset (``profiles/timing.json``; ``profile_dir`` to read another study's)."""
+    import json
+
+    study_dir = Path(study_dir)
+    runs = pd.read_csv(study_dir / "runs.csv")
+    runs = runs[(runs["status"] == "done") & (runs["train_steps"] > 0)]
+    if runs.empty:
+        raise ValueError(f"{study_dir / 'runs.csv'} has no done cell with training steps: its rates cannot be read")
+    cells = pd.read_csv(study_dir / "cells.csv")
+    cells = cells[cells["status"] == "done"].merge(runs[["model", "dataset", "generate_n_samples"]],
+                                                   on=["model", "dataset"])
+    timing = json.loads((Path(profile_dir or study_dir / "profiles") / "timing.json").read_text())
+    images = float(cells["generate_n_samples"].sum())
+    return Rates(step_seconds=float(runs["train_seconds"].sum() / runs["train_steps"].sum()),
+                 image_seconds=float(cells["sample"].sum() / images),
+                 eval_image_seconds=float(cells["evaluate"].sum() / images),
+                 profile_seconds=float(timing["seconds_per_dataset"]),
+                 source=f"measured: {study_dir.name}")
+
+
+def method_costs(profile: Profile, rates: Rates, n_models: int | None = None, rung_steps: tuple[int, ...] = (), eta: float = 2) -> pd.DataFrame:
+    """Seconds and device-hours one new dataset costs each method under ``profile``'s settings (see the module
+    docstring). ``rung_steps`` are successive halving's lower rungs (the profile's ``train.steps`` is the last);
+    without them there is no halving row. Returns ``method``, ``seconds_per_dataset``, ``device_hours_per_dataset``,
+    ``cost_basis`` and the rates' fields."""
+    m = n_models if n_models is not None else len(profile.models)
+    full_steps = profile.train.steps
+    n_samples = profile.generate.n_samples
+    judge = n_samples * (rates.image_seconds + rates.eval_image_seconds)  # sample + evaluate one run
+    run = full_steps * rates.step_seconds + judge
+    profile_seconds = rates.profile_seconds
+    rows = [("global-best", 0.0, "reads the history"),
+            ("M&C", profile_seconds, "profile the dataset"),
+            ("history-weighted", profile_seconds, "profile the dataset"),
+            ("nearest-dataset", profile_seconds, "profile the dataset"),
+            ("probe", m * judge, f"{m} candidates x {n_samples} pretrained samples, evaluated"),
+            ("M&C + probe", m * judge + profile_seconds, "probe + profile"),
+            ("exhaustive fine-tuning", m * run,
+             f"{m} x ({full_steps} steps + {n_samples} samples, evaluated)")]
+    budgets = sorted(set(rung_steps) | {full_steps})
+    if len(budgets) > 1:
+        counts = halving_schedule(m, budgets, eta)
+        seconds = sum(c * (b * rates.step_seconds + judge) for b, c in zip(budgets, counts))
+        name = f"successive halving ({'→'.join(str(b) for b in budgets)} steps, eta {eta:g})"
+        rows.append((name, seconds, " + ".join(f"{c} x {b} steps" for b, c in zip(budgets, counts))
+                     + f", each sampled ({n_samples}) and evaluated"))
+    table = pd.DataFrame(rows, columns=["method", "seconds_per_dataset", "cost_basis"])
+    table["device_hours_per_dataset"] = table["seconds_per_dataset"] / 3600.0
+    for key, value in asdict(rates).items():
+        table[f"rates_{key}" if key != "source" else "rates"] = value
+    return table[["method", "seconds_per_dataset", "device_hours_per_dataset", "cost_basis",
+                  *[c for c in table.columns if c.startswith("rates")]]]
+
+
+def study_hours(profile: Profile, rates: Rates) -> float:
+    """Device-hours of the profile's whole grid (every model x dataset run: train, sample, evaluate)."""
+    per_cell = profile.train.steps * rates.step_seconds + profile.generate.n_samples * (
+        rates.image_seconds + rates.eval_image_seconds)
+    return len(profile.models) * len(profile.datasets) * per_cell / 3600.0
+
