@@ -44,6 +44,9 @@ def test_measured_rates_give_back_the_measured_exhaustive_cost(tmp_path):
     assert table.loc["M&C", "seconds_per_dataset"] == 0.25 and table.loc["global-best", "seconds_per_dataset"] == 0
     assert table.loc["M&C + probe", "seconds_per_dataset"] == pytest.approx(judge + 0.25)
     assert not any(table.index.str.startswith("successive halving"))  # no rung, no halving row
+    # probe-first halving: the probe of all 6, then the better 3 fine-tuned and judged again
+    per_run = cells["seconds"].groupby(cells["dataset"]).sum().mean() / 6
+    assert table.loc["probe-first halving (0→40 steps, eta 2)", "seconds_per_dataset"] == pytest.approx(judge + 3 * per_run)
     assert study_hours(profile, rates) == pytest.approx(cells["seconds"].sum() / 3600.0, rel=1e-9)
 
 

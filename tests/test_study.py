@@ -237,7 +237,11 @@ def test_pretrained_and_rung_companions_feed_gains_probe_and_halving(tmp_path):
     cost = summary["seconds_per_dataset"]
     assert cost["M&C + probe"] > cost["probe"] > 0 and cost["M&C + probe"] > cost["M&C"]
     assert summary.loc["exhaustive fine-tuning", "top1"] == 1.0
-    per_dataset = pd.read_csv(study / "selection" / "halving.csv")
+    assert "probe-first halving (0→20 steps, eta 2)" in summary.index
+    both = pd.read_csv(study / "selection" / "halving.csv")
+    first = both[both["method"].str.startswith("probe-first")]
+    assert first["budgets"].eq("2@0→1@20").all() and first["runs"].eq(3).all()
+    per_dataset = both[both["method"].str.startswith("successive halving")]
     assert per_dataset["budgets"].eq("2@5→1@20").all() and per_dataset["runs"].eq(3).all()
     # the costs are the measured work of the cells they used: both 5-step runs, the survivor's 20-step run
     def seconds(folder):
@@ -250,6 +254,11 @@ def test_pretrained_and_rung_companions_feed_gains_probe_and_halving(tmp_path):
         survivor = pd.read_csv(tmp_path / "study-rung5" / "performance.csv").query("dataset == @d").nsmallest(1, "fid")
         expected = short.xs(d, level="dataset").sum() + full[(survivor["model"].iloc[0], d)]
         assert row["seconds"] == pytest.approx(expected)
+    probe = seconds(pretrained)
+    for _, row in first.iterrows():  # the probe of both candidates, then the better one's full run
+        d = row["dataset"]
+        survivor = pd.read_csv(pretrained / "performance.csv").query("dataset == @d").nsmallest(1, "fid")
+        assert row["seconds"] == pytest.approx(probe.xs(d, level="dataset").sum() + full[(survivor["model"].iloc[0], d)])
     assert cost["exhaustive fine-tuning"] == pytest.approx(full.groupby(level="dataset").sum().mean())
     assert set(scores["method"]) >= {"probe", "M&C + probe"}
     gains = pd.read_csv(study / "gains.csv")

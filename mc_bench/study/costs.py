@@ -21,6 +21,7 @@ probe                       sample and evaluate every candidate as pretrained: `
 M&C + probe                 probe + profile
 successive halving          ``M`` runs at the first rung's steps, then ``ceil(M / eta)`` at the next, ... to ``S``,
                             each run = its steps x ``step_seconds`` + sampling and evaluating ``N`` images
+probe-first halving         the probe, then ``ceil(M / eta)`` runs of ``S`` steps, each sampled and evaluated
 exhaustive fine-tuning      ``M`` runs of ``S`` steps, each sampled and evaluated
 ==========================  ========================================================================================
 
@@ -94,6 +95,9 @@ def method_costs(profile: Profile, rates: Rates, n_models: int | None = None, ru
             ("M&C + probe", m * judge + profile_seconds, "probe + profile"),
             ("exhaustive fine-tuning", m * run,
              f"{m} x ({full_steps} steps + {n_samples} samples, evaluated)")]
+    survivors = halving_schedule(m, [0, full_steps], eta)[1]
+    rows.append((f"probe-first halving (0→{full_steps} steps, eta {eta:g})", m * judge + survivors * run,
+                 f"probe {m} candidates, fine-tune the better {survivors}"))
     budgets = sorted(set(rung_steps) | {full_steps})
     if len(budgets) > 1:
         counts = halving_schedule(m, budgets, eta)

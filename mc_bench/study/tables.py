@@ -25,7 +25,8 @@ The study folder (schema)::
     learnability.csv           one row per dataset: best pretrained and fine-tuned label, share improved, learnable
                                (learnability: the best fine-tuned FID under UNLEARNABLE_FID)
     selection/                 lodo.csv (per method x dataset), scores.csv (per method x dataset x model),
-                               halving.csv (successive halving per dataset), ceiling.csv (label_ceiling),
+                               halving.csv (successive halving and probe-first halving per dataset: method,
+                               dataset, the ranking metrics, seconds, runs, budgets), ceiling.csv (label_ceiling),
                                ablations.csv
     selection_summary.csv      method, top1, top3, mean_regret (+ CIs), shortlist_coverage, shortlist_size,
                                seconds_per_dataset (the compute one new dataset costs the method), cost_basis
@@ -460,7 +461,8 @@ def study_selection(study_dir: str | Path, methods: dict | None = None, n_jobs: 
                     history_dir: str | Path | None = None,
                     timing_file: str | Path | None = None) -> dict[str, pd.DataFrame]:
     """Judge every selector on the study's history leave-one-dataset-out, beside successive halving (from the
-    ``<study>-rung<steps>`` companions, with the study itself as the full budget) and exhaustive fine-tuning,
+    ``<study>-rung<steps>`` companions, with the study itself as the full budget; and, with a pretrained companion,
+    probe-first halving: the probe as rung 0, the better ``1/eta`` fine-tuned) and exhaustive fine-tuning,
     and write ``selection/lodo.csv``, ``selection/scores.csv``, ``selection/halving.csv`` and
     ``selection_summary.csv`` (with each method's ``seconds_per_dataset``: the cost–accuracy frontier).
 
@@ -488,20 +490,32 @@ def study_selection(study_dir: str | Path, methods: dict | None = None, n_jobs: 
 
     judged = [lodo]
     rungs = rung_studies(study_dir)
+    label = history.label
+    budget = int(pd.read_csv(study_dir / "runs.csv")["train_steps"].max())
+    ladders = []  # (name, {steps: quality table}, {steps: seconds table}, cost basis)
     if rungs:
-        label = history.label
-        quality = {steps: pd.read_csv(folder / "performance.csv").pivot(index="model", columns="dataset",
-                                                                         values=label) for steps, folder in rungs.items()}
-        seconds = {steps: run_seconds(folder) for steps, folder in rungs.items()}
-        budget = int(pd.read_csv(study_dir / "runs.csv")["train_steps"].max())
+        ladders.append((None, {s: pd.read_csv(f / "performance.csv").pivot(index="model", columns="dataset",
+                                                                         values=label) for s, f in rungs.items()},
+                        {s: run_seconds(f) for s, f in rungs.items()},
+                        "short fine-tunes of every candidate, the better 1/eta continue (each rung from the "
+                        "pretrained model)"))
+    if pretrained is not None:  # rung 0 = the probe: sample every pretrained candidate, fine-tune the better 1/eta
+        ladders.append((f"probe-first halving (0→{budget} steps, eta {eta:g})",
+                        {0: pd.read_csv(pretrained / "performance.csv").pivot(index="model", columns="dataset",
+                                                                              values=label)},
+                        {0: run_seconds(pretrained)},
+                        "the probe (every pretrained candidate sampled and evaluated), then the better 1/eta "
+                        "fine-tuned to the full budget"))
+    halvings = []
+    for name, quality, seconds, basis in ladders:
         quality[budget], seconds[budget] = history.label_matrix(), full
-        halving = halving_evaluation(quality, seconds, history.higher_is_better, eta=eta)
-        halving.to_csv(out / "halving.csv", index=False)
+        halving = halving_evaluation(quality, seconds, history.higher_is_better, eta=eta, method=name)
+        halvings.append(halving)
         judged.append(halving.drop(columns=["runs", "budgets"]))
-        name = halving["method"].iloc[0]
-        costs.append(pd.DataFrame([{"method": name, "seconds_per_dataset": float(halving["seconds"].mean()),
-                                    "cost_basis": "short fine-tunes of every candidate, the better 1/eta continue "
-                                                  "(each rung from the pretrained model)"}]))
+        costs.append(pd.DataFrame([{"method": halving["method"].iloc[0],
+                                    "seconds_per_dataset": float(halving["seconds"].mean()), "cost_basis": basis}]))
+    if halvings:
+        pd.concat(halvings, ignore_index=True).to_csv(out / "halving.csv", index=False)
     summary = selection_summary(pd.concat(judged, ignore_index=True), seed=seed, scores=scores, level=level)
     exhaustive = pd.DataFrame([{"method": EXHAUSTIVE, "n_datasets": len(history.datasets),
                                 **{f"{k}{s}": v for k, v in (("top1", 1.0), ("top3", 1.0), ("mean_regret", 0.0))
@@ -513,4 +527,4 @@ def study_selection(study_dir: str | Path, methods: dict | None = None, n_jobs: 
                                                                        on="method", how="left")
     summary.to_csv(out_dir / "selection_summary.csv", index=False)
     return {"lodo": lodo, "scores": scores, "summary": summary,
-            **({"halving": halving} if rungs else {})}
+            **({"halving": pd.concat(halvings, ignore_index=True)} if halvings else {})}
