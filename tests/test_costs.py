@@ -47,6 +47,7 @@ def test_measured_rates_give_back_the_measured_exhaustive_cost(tmp_path):
     # probe-first halving: the probe of all 6, then the better 3 fine-tuned and judged again
     per_run = cells["seconds"].groupby(cells["dataset"]).sum().mean() / 6
     assert table.loc["probe-first halving (0→40 steps, eta 2)", "seconds_per_dataset"] == pytest.approx(judge + 3 * per_run)
+    assert table.loc["M&C-first halving (top 1/2 fine-tuned)", "seconds_per_dataset"] == pytest.approx(0.25 + 3 * per_run)
     assert study_hours(profile, rates) == pytest.approx(cells["seconds"].sum() / 3600.0, rel=1e-9)
 
 

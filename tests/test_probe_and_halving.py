@@ -6,7 +6,7 @@ import pytest
 
 from mc_bench.errors import HistoryError
 from mc_bench.select.choose import (GlobalBest, MatchAndChoose, Probe, default_methods, leave_one_dataset_out)
-from mc_bench.select.halving import halving_evaluation, halving_schedule, successive_halving
+from mc_bench.select.halving import halving_evaluation, halving_schedule, ranked_halving_evaluation, successive_halving
 from mc_bench.select.history import History, load_history
 from mc_bench.select.synthetic import synthetic_history, synthetic_tables
 
@@ -130,3 +130,25 @@ def test_halving_evaluation_against_the_full_budget():
     # a rung that is reversed drops the best model first: SH's pick is then never the best
     reversed_ = halving_evaluation({0: -full, 100: full}, seconds, higher_is_better=False, eta=2)
     assert reversed_["hit@1"].eq(0.0).all() and (reversed_["regret"] > 0).all()
+
+
+def test_ranked_halving_fine_tunes_the_selectors_top_half():
+    rng = np.random.default_rng(1)
+    models, datasets = [f"m{i}" for i in range(6)], [f"d{j}" for j in range(4)]
+    full = pd.DataFrame(rng.uniform(10, 50, size=(6, 4)), index=models, columns=datasets)  # FID: lower is better
+    seconds = pd.DataFrame(rng.uniform(5, 9, size=(6, 4)), index=models, columns=datasets)
+    # scores that put the best model 3rd of 6 (larger = better): it is in the top half, so it is found
+    scores = -full.rank()  # the best model gets the highest score
+    for d in datasets:
+        order = full[d].sort_values().index
+        scores.loc[order[0], d], scores.loc[order[2], d] = scores.loc[order[2], d], scores.loc[order[0], d]
+    table = ranked_halving_evaluation(scores, 0.6, full, seconds, higher_is_better=False, eta=2, steps=100,
+                                      method="x-first")
+    assert table["hit@1"].eq(1.0).all() and table["runs"].eq(3).all() and (table["method"] == "x-first").all()
+    assert table["budgets"].eq("6@0→3@100").all()
+    for _, row in table.iterrows():  # the selector's cost, then the three fine-tunes of its top half
+        top = scores[row["dataset"]].sort_values(ascending=False).index[:3]
+        assert row["seconds"] == pytest.approx(0.6 + seconds.loc[top, row["dataset"]].sum())
+    # scores that put the best model last: it is never fine-tuned, so never chosen
+    table = ranked_halving_evaluation(full, 0.0, full, seconds, higher_is_better=False, eta=2)
+    assert table["hit@1"].eq(0.0).all() and (table["regret"] > 0).all()

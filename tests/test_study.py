@@ -239,6 +239,9 @@ def test_pretrained_and_rung_companions_feed_gains_probe_and_halving(tmp_path):
     assert summary.loc["exhaustive fine-tuning", "top1"] == 1.0
     assert "probe-first halving (0→20 steps, eta 2)" in summary.index
     both = pd.read_csv(study / "selection" / "halving.csv")
+    ranked = both[both["method"] == "M&C-first halving (top 1/2 fine-tuned)"]
+    assert len(ranked) == 3 and ranked["runs"].eq(1).all()  # M&C's top 1 of 2 fine-tuned on each dataset
+    assert "nearest-dataset-first halving (top 1/2 fine-tuned)" in summary.index
     first = both[both["method"].str.startswith("probe-first")]
     assert first["budgets"].eq("2@0→1@20").all() and first["runs"].eq(3).all()
     per_dataset = both[both["method"].str.startswith("successive halving")]

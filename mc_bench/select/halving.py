@@ -84,3 +84,22 @@ def halving_evaluation(rungs: dict[int, pd.DataFrame], seconds: dict[int, pd.Dat
                      "seconds": cost, "runs": sum(len(t) for t in trace),
                      "budgets": "→".join(f"{len(t)}@{b}" for t, b in zip(trace, budgets))})
     return pd.DataFrame(rows)
+
+
+def ranked_halving_evaluation(scores: pd.DataFrame, selector_seconds: float, truth: pd.DataFrame,
+                              seconds: pd.DataFrame, higher_is_better: bool, eta: float = 2, steps: int = 1,
+                              method: str = "ranked halving", ks=DEFAULT_KS) -> pd.DataFrame:
+    """Halving whose first rung is a selector's ranking instead of short fine-tunes: the selector's top
+    ``ceil(n / eta)`` candidates are fine-tuned to the full budget and the best of them is kept — how a ranker is
+    used when fine-tuning a few candidates is affordable (the paper's shortlist, read as a budget).
+
+    ``scores`` is the selector's model × dataset table (larger = better, e.g. leave-one-dataset-out scores, so a
+    dataset's own runs never informed them), ``selector_seconds`` what ranking one dataset cost; ``truth`` and
+    ``seconds`` the full-budget label and run costs (``steps``: the full budget, for ``budgets``). Same layout as
+    :func:`halving_evaluation`, with ``runs`` counting the fine-tunes only (rung 0 ranks, it runs nothing)."""
+    oriented = scores if higher_is_better else -scores  # rung 0 in the label's direction
+    per_model = pd.DataFrame(selector_seconds / len(scores.index), index=scores.index, columns=scores.columns)
+    table = halving_evaluation({0: oriented, steps: truth}, {0: per_model, steps: seconds}, higher_is_better,
+                               eta=eta, method=method, ks=ks)
+    ranked = table["budgets"].str.split("@").str[0].astype(int)  # the candidates rung 0 ranked
+    return table.assign(runs=table["runs"] - ranked)

@@ -22,6 +22,7 @@ M&C + probe                 probe + profile
 successive halving          ``M`` runs at the first rung's steps, then ``ceil(M / eta)`` at the next, ... to ``S``,
                             each run = its steps x ``step_seconds`` + sampling and evaluating ``N`` images
 probe-first halving         the probe, then ``ceil(M / eta)`` runs of ``S`` steps, each sampled and evaluated
+M&C-first halving           profile, then ``ceil(M / eta)`` runs of ``S`` steps (M&C's top), sampled and evaluated
 exhaustive fine-tuning      ``M`` runs of ``S`` steps, each sampled and evaluated
 ==========================  ========================================================================================
 
@@ -98,6 +99,10 @@ def method_costs(profile: Profile, rates: Rates, n_models: int | None = None, ru
     survivors = halving_schedule(m, [0, full_steps], eta)[1]
     rows.append((f"probe-first halving (0→{full_steps} steps, eta {eta:g})", m * judge + survivors * run,
                  f"probe {m} candidates, fine-tune the better {survivors}"))
+    for name in ("M&C", "history-weighted", "nearest-dataset", "global-best"):
+        ranking = 0.0 if name == "global-best" else profile_seconds
+        rows.append((f"{name}-first halving (top 1/{eta:g} fine-tuned)", ranking + survivors * run,
+                     f"{'profile, ' if ranking else ''}rank, fine-tune the top {survivors}"))
     budgets = sorted(set(rung_steps) | {full_steps})
     if len(budgets) > 1:
         counts = halving_schedule(m, budgets, eta)

@@ -25,7 +25,7 @@ The study folder (schema)::
     learnability.csv           one row per dataset: best pretrained and fine-tuned label, share improved, learnable
                                (learnability: the best fine-tuned FID under UNLEARNABLE_FID)
     selection/                 lodo.csv (per method x dataset), scores.csv (per method x dataset x model),
-                               halving.csv (successive halving and probe-first halving per dataset: method,
+                               halving.csv (successive, probe-first and ranker-first halving per dataset: method,
                                dataset, the ranking metrics, seconds, runs, budgets), ceiling.csv (label_ceiling),
                                ablations.csv
     selection_summary.csv      method, top1, top3, mean_regret (+ CIs), shortlist_coverage, shortlist_size,
@@ -58,7 +58,7 @@ from ..evaluate import DIRECTIONS, METRICS_FILE, quality_table
 from ..io import library_versions, write_json
 from ..profile import profile_datasets, write_profiles
 from ..select.choose import default_methods, leave_one_dataset_out, shortlist_coverage
-from ..select.halving import halving_evaluation
+from ..select.halving import halving_evaluation, ranked_halving_evaluation
 from ..select.history import load_history
 from ..select.ranking import bootstrap_summary
 
@@ -327,6 +327,9 @@ def build_combined_history(study_dirs: list[str | Path], out: str | Path, manife
     return write_history(out, performance, out / "profiles", m, label)
 
 
+# the selectors whose ranking also serves as a first rung (their top 1/eta fine-tuned): M&C and every cheap baseline
+# (none of them runs anything on the target), so the comparison is like for like
+RANKED_FIRST = ("M&C", "history-weighted", "nearest-dataset", "global-best")
 UNLEARNABLE_FID = 50.0  # a target whose best fine-tuned FID stays above this is flagged (tiny-CLIP feature units)
 
 
@@ -462,7 +465,8 @@ def study_selection(study_dir: str | Path, methods: dict | None = None, n_jobs: 
                     timing_file: str | Path | None = None) -> dict[str, pd.DataFrame]:
     """Judge every selector on the study's history leave-one-dataset-out, beside successive halving (from the
     ``<study>-rung<steps>`` companions, with the study itself as the full budget; and, with a pretrained companion,
-    probe-first halving: the probe as rung 0, the better ``1/eta`` fine-tuned) and exhaustive fine-tuning,
+    probe-first halving: the probe as rung 0, the better ``1/eta`` fine-tuned; and :data:`RANKED_FIRST`'s rankings
+    as rung 0, their top ``1/eta`` fine-tuned) and exhaustive fine-tuning,
     and write ``selection/lodo.csv``, ``selection/scores.csv``, ``selection/halving.csv`` and
     ``selection_summary.csv`` (with each method's ``seconds_per_dataset``: the cost–accuracy frontier).
 
@@ -514,6 +518,20 @@ def study_selection(study_dir: str | Path, methods: dict | None = None, n_jobs: 
         judged.append(halving.drop(columns=["runs", "budgets"]))
         costs.append(pd.DataFrame([{"method": halving["method"].iloc[0],
                                     "seconds_per_dataset": float(halving["seconds"].mean()), "cost_basis": basis}]))
+    selector_seconds = costs[0].set_index("method")["seconds_per_dataset"]
+    for name in RANKED_FIRST:  # a cheap ranker as the first rung: its top 1/eta fine-tuned, the best kept
+        if name not in selector_seconds.index:
+            continue
+        ranked = scores[scores["method"] == name].pivot(index="model", columns="dataset", values="score")
+        halving = ranked_halving_evaluation(ranked, float(selector_seconds[name]), history.label_matrix(), full,
+                                            history.higher_is_better, eta=eta, steps=budget,
+                                            method=f"{name}-first halving (top 1/{eta:g} fine-tuned)")
+        halvings.append(halving)
+        judged.append(halving.drop(columns=["runs", "budgets"]))
+        costs.append(pd.DataFrame([{"method": halving["method"].iloc[0],
+                                    "seconds_per_dataset": float(halving["seconds"].mean()),
+                                    "cost_basis": f"{name} (leave-one-dataset-out), then its top 1/eta fine-tuned "
+                                                  "to the full budget"}]))
     if halvings:
         pd.concat(halvings, ignore_index=True).to_csv(out / "halving.csv", index=False)
     summary = selection_summary(pd.concat(judged, ignore_index=True), seed=seed, scores=scores, level=level)
