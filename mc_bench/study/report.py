@@ -125,25 +125,39 @@ def topk_plot(summary, ax=None, ceiling: float | None = None):
     return ax
 
 
+FRONTIER_KINDS = (("runs nothing on the target", "tab:blue"), ("samples every pretrained candidate", "tab:orange"),
+                  ("fine-tunes some or all candidates", "tab:green"))
+
+
+def method_kind(method: str) -> str:
+    """What a method runs on a new dataset, for the frontier's colours: nothing, the probe, or fine-tunes."""
+    if "halving" in method or method.startswith("exhaustive"):
+        return FRONTIER_KINDS[2][0]
+    return FRONTIER_KINDS[1][0] if "probe" in method else FRONTIER_KINDS[0][0]
+
+
 def frontier_plot(summary, axes=None):
     """The cost–accuracy frontier: every method's compute per new dataset (``seconds_per_dataset``, log scale)
     against its top-1 (left) and mean regret (right), with bootstrap intervals; methods on the frontier (no other
-    method is both cheaper and better) are joined by a line."""
+    method is both cheaper and better) are joined by a line. Points are numbered, cheapest first, and coloured by
+    what the method runs on the target (:func:`method_kind`); the key under the axes names them."""
     import matplotlib.pyplot as plt
 
     table = summary.dropna(subset=["seconds_per_dataset"]).copy()
-    table = table[table["seconds_per_dataset"] > 0].sort_values("seconds_per_dataset")
+    table = table[table["seconds_per_dataset"] > 0].sort_values("seconds_per_dataset", kind="stable")
+    table["number"] = np.arange(1, len(table) + 1)
+    colours = dict(FRONTIER_KINDS)
     if axes is None:
-        _, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        _, axes = plt.subplots(1, 2, figsize=(11, 4.2 + 0.16 * ((len(table) + 1) // 2)))
     for ax, col, better in ((axes[0], "top1", "higher"), (axes[1], "mean_regret", "lower")):
         x, y = table["seconds_per_dataset"].to_numpy(), table[col].to_numpy()
         if f"{col}_ci_low" in table:
             lo = (table[col] - table[f"{col}_ci_low"]).fillna(0).to_numpy()
             hi = (table[f"{col}_ci_high"] - table[col]).fillna(0).to_numpy()
-            ax.errorbar(x, y, yerr=[lo, hi], fmt="none", ecolor="0.6", capsize=2, zorder=1)
-        ax.scatter(x, y, color="tab:blue", zorder=2)
-        for xi, yi, name in zip(x, y, table["method"]):
-            ax.annotate(name, (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            ax.errorbar(x, y, yerr=[lo, hi], fmt="none", ecolor="0.75", capsize=2, zorder=1)
+        ax.scatter(x, y, c=[colours[method_kind(m)] for m in table["method"]], zorder=2)
+        for xi, yi, number in zip(x, y, table["number"]):
+            ax.annotate(str(number), (xi, yi), textcoords="offset points", xytext=(4, 3), fontsize=8)
         front, best = [], -np.inf
         for xi, yi in zip(x, y):  # cheapest first: a method is on the frontier when it beats every cheaper one
             value = yi if better == "higher" else -yi
@@ -151,10 +165,16 @@ def frontier_plot(summary, axes=None):
                 front.append((xi, yi))
                 best = value
         ax.plot(*zip(*front), color="tab:red", linewidth=1, zorder=0, label="frontier")
+        for kind, colour in FRONTIER_KINDS:
+            ax.scatter([], [], color=colour, label=kind)
         ax.set_xscale("log")
         ax.set_xlabel("compute per new dataset (seconds, CPU; log scale)")
         ax.set_ylabel(f"{col} ({better} is better)")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
+    key = [f"{n}  {m}" for n, m in zip(table["number"], table["method"])]
+    half = (len(key) + 1) // 2
+    for ax, lines in zip(axes, (key[:half], key[half:])):
+        ax.text(0.0, -0.2, "\n".join(lines), transform=ax.transAxes, va="top", ha="left", fontsize=7.5)
     return axes
 
 
