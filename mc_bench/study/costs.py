@@ -33,6 +33,7 @@ on a GPU. Rates that were not measured are estimates, and every row says which i
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -40,6 +41,7 @@ import pandas as pd
 
 from ..config import Profile
 from ..select.halving import halving_schedule
+from .tables import RANKED_FIRST
 
 
 @dataclass(frozen=True)
@@ -55,11 +57,10 @@ class Rates:
 
 
 def measured_rates(study_dir: str | Path, profile_dir: str | Path | None = None) -> Rates:
-    """The mean rates of a study's done cells (total seconds over total work): training seconds per step (``runs.csv``), sampling and evaluation
-    seconds per generated image (``cells.csv`` stage seconds over ``generate_n_samples``), and profiling seconds per
-    dataset (``profiles/timing.json``; ``profile_dir`` to read another study's)."""
-    import json
-
+    """The mean rates of a study's done cells (total seconds over total work): training seconds per step
+    (``runs.csv``), sampling and evaluation seconds per generated image (``cells.csv`` stage seconds over
+    ``generate_n_samples``), and profiling seconds per dataset (``profiles/timing.json``; ``profile_dir`` to read
+    another study's)."""
     study_dir = Path(study_dir)
     runs = pd.read_csv(study_dir / "runs.csv")
     runs = runs[(runs["status"] == "done") & (runs["train_steps"] > 0)]
@@ -77,7 +78,8 @@ def measured_rates(study_dir: str | Path, profile_dir: str | Path | None = None)
                  source=f"measured: {study_dir.name}")
 
 
-def method_costs(profile: Profile, rates: Rates, n_models: int | None = None, rung_steps: tuple[int, ...] = (), eta: float = 2) -> pd.DataFrame:
+def method_costs(profile: Profile, rates: Rates, n_models: int | None = None, rung_steps: tuple[int, ...] = (),
+                 eta: float = 2) -> pd.DataFrame:
     """Seconds and device-hours one new dataset costs each method under ``profile``'s settings (see the module
     docstring). ``rung_steps`` are successive halving's lower rungs (the profile's ``train.steps`` is the last);
     without them there is no halving row. Returns ``method``, ``seconds_per_dataset``, ``device_hours_per_dataset``,
@@ -99,7 +101,7 @@ def method_costs(profile: Profile, rates: Rates, n_models: int | None = None, ru
     survivors = halving_schedule(m, [0, full_steps], eta)[1]
     rows.append((f"probe-first halving (0→{full_steps} steps, eta {eta:g})", m * judge + survivors * run,
                  f"probe {m} candidates, fine-tune the better {survivors}"))
-    for name in ("M&C", "history-weighted", "nearest-dataset", "global-best"):
+    for name in RANKED_FIRST:
         ranking = 0.0 if name == "global-best" else profile_seconds
         rows.append((f"{name}-first halving (top 1/{eta:g} fine-tuned)", ranking + survivors * run,
                      f"{'profile, ' if ranking else ''}rank, fine-tune the top {survivors}"))

@@ -486,54 +486,47 @@ def study_selection(study_dir: str | Path, methods: dict | None = None, n_jobs: 
 
     timing = json.loads(Path(timing_file or study_dir / "profiles" / "timing.json").read_text())
     full = run_seconds(study_dir)
-    probe_seconds = None
+    probe_seconds, probe_cells = None, None
     pretrained = companion_study(study_dir, "pretrained")
     if pretrained is not None:
-        probe_seconds = float(run_seconds(pretrained).reindex(columns=history.datasets).sum(axis=0).mean())
+        probe_cells = run_seconds(pretrained)
+        probe_seconds = float(probe_cells.reindex(columns=history.datasets).sum(axis=0).mean())
     costs = [selection_costs(methods, lodo, timing["seconds_per_dataset"], probe_seconds)]
+    selector_seconds = costs[0].set_index("method")["seconds_per_dataset"]
 
-    judged = [lodo]
-    rungs = rung_studies(study_dir)
-    label = history.label
     budget = int(pd.read_csv(study_dir / "runs.csv")["train_steps"].max())
-    ladders = []  # (name, {steps: quality table}, {steps: seconds table}, cost basis)
+    truth = history.label_matrix()
+    halvings = []  # (per-dataset table, cost basis)
+    rungs = rung_studies(study_dir)
     if rungs:
-        ladders.append((None, {s: pd.read_csv(f / "performance.csv").pivot(index="model", columns="dataset",
-                                                                         values=label) for s, f in rungs.items()},
-                        {s: run_seconds(f) for s, f in rungs.items()},
-                        "short fine-tunes of every candidate, the better 1/eta continue (each rung from the "
-                        "pretrained model)"))
-    if pretrained is not None:  # rung 0 = the probe: sample every pretrained candidate, fine-tune the better 1/eta
-        ladders.append((f"probe-first halving (0→{budget} steps, eta {eta:g})",
-                        {0: pd.read_csv(pretrained / "performance.csv").pivot(index="model", columns="dataset",
-                                                                              values=label)},
-                        {0: run_seconds(pretrained)},
-                        "the probe (every pretrained candidate sampled and evaluated), then the better 1/eta "
-                        "fine-tuned to the full budget"))
-    halvings = []
-    for name, quality, seconds, basis in ladders:
-        quality[budget], seconds[budget] = history.label_matrix(), full
-        halving = halving_evaluation(quality, seconds, history.higher_is_better, eta=eta, method=name)
-        halvings.append(halving)
+        quality = {s: pd.read_csv(f / "performance.csv").pivot(index="model", columns="dataset", values=history.label)
+                   for s, f in rungs.items()}
+        seconds = {s: run_seconds(f) for s, f in rungs.items()}
+        halvings.append((halving_evaluation({**quality, budget: truth}, {**seconds, budget: full},
+                                            history.higher_is_better, eta=eta),
+                         "short fine-tunes of every candidate, the better 1/eta continue (each rung from the "
+                         "pretrained model)"))
+    if history.probe is not None and probe_cells is not None:  # rung 0 = the probe, the better 1/eta fine-tuned
+        halvings.append((halving_evaluation({0: history.probe, budget: truth}, {0: probe_cells, budget: full},
+                                            history.higher_is_better, eta=eta,
+                                            method=f"probe-first halving (0→{budget} steps, eta {eta:g})"),
+                         "the probe (every pretrained candidate sampled and evaluated), then the better 1/eta "
+                         "fine-tuned to the full budget"))
+    for name in RANKED_FIRST:  # a cheap ranker as the first rung: its top 1/eta fine-tuned, the best kept
+        if name in selector_seconds.index:
+            ranked = scores[scores["method"] == name].pivot(index="model", columns="dataset", values="score")
+            halvings.append((ranked_halving_evaluation(ranked, float(selector_seconds[name]), truth, full,
+                                                       history.higher_is_better, eta=eta, steps=budget,
+                                                       method=f"{name}-first halving (top 1/{eta:g} fine-tuned)"),
+                             f"{name} (leave-one-dataset-out), then its top 1/eta fine-tuned to the full budget"))
+    judged = [lodo]
+    for halving, basis in halvings:
         judged.append(halving.drop(columns=["runs", "budgets"]))
         costs.append(pd.DataFrame([{"method": halving["method"].iloc[0],
                                     "seconds_per_dataset": float(halving["seconds"].mean()), "cost_basis": basis}]))
-    selector_seconds = costs[0].set_index("method")["seconds_per_dataset"]
-    for name in RANKED_FIRST:  # a cheap ranker as the first rung: its top 1/eta fine-tuned, the best kept
-        if name not in selector_seconds.index:
-            continue
-        ranked = scores[scores["method"] == name].pivot(index="model", columns="dataset", values="score")
-        halving = ranked_halving_evaluation(ranked, float(selector_seconds[name]), history.label_matrix(), full,
-                                            history.higher_is_better, eta=eta, steps=budget,
-                                            method=f"{name}-first halving (top 1/{eta:g} fine-tuned)")
-        halvings.append(halving)
-        judged.append(halving.drop(columns=["runs", "budgets"]))
-        costs.append(pd.DataFrame([{"method": halving["method"].iloc[0],
-                                    "seconds_per_dataset": float(halving["seconds"].mean()),
-                                    "cost_basis": f"{name} (leave-one-dataset-out), then its top 1/eta fine-tuned "
-                                                  "to the full budget"}]))
-    if halvings:
-        pd.concat(halvings, ignore_index=True).to_csv(out / "halving.csv", index=False)
+    halving_table = pd.concat([h for h, _ in halvings], ignore_index=True) if halvings else None
+    if halving_table is not None:
+        halving_table.to_csv(out / "halving.csv", index=False)
     summary = selection_summary(pd.concat(judged, ignore_index=True), seed=seed, scores=scores, level=level)
     exhaustive = pd.DataFrame([{"method": EXHAUSTIVE, "n_datasets": len(history.datasets),
                                 **{f"{k}{s}": v for k, v in (("top1", 1.0), ("top3", 1.0), ("mean_regret", 0.0))
@@ -545,4 +538,4 @@ def study_selection(study_dir: str | Path, methods: dict | None = None, n_jobs: 
                                                                        on="method", how="left")
     summary.to_csv(out_dir / "selection_summary.csv", index=False)
     return {"lodo": lodo, "scores": scores, "summary": summary,
-            **({"halving": pd.concat(halvings, ignore_index=True)} if halvings else {})}
+            **({"halving": halving_table} if halving_table is not None else {})}
