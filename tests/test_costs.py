@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from mc_bench.config import Profile
+from mc_bench.errors import InputError
 from mc_bench.select.halving import successive_halving
 from mc_bench.study.costs import Rates, measured_rates, method_costs, study_hours
 
@@ -72,7 +73,15 @@ def test_halving_cost_counts_the_runs_successive_halving_makes():
 def test_a_study_without_training_has_no_rates(tmp_path):
     folder = tmp_path / "pretrained"
     folder.mkdir()
+    with pytest.raises(InputError, match=r"pretrained/runs.csv: missing.*Fix: pass a study folder"):
+        measured_rates(folder)  # not a study at all: the first missing table is named
     pd.DataFrame([{"model": "m", "dataset": "a", "status": "done", "train_steps": 0, "train_seconds": 0.0,
                    "generate_n_samples": 8}]).to_csv(folder / "runs.csv", index=False)
+    pd.DataFrame([{"model": "m", "dataset": "a", "status": "done", "train": 0.0, "sample": 1.0,
+                   "evaluate": 1.0}]).to_csv(folder / "cells.csv", index=False)
+    with pytest.raises(InputError, match=r"profiles/timing.json: missing"):
+        measured_rates(folder)
+    (folder / "profiles").mkdir()
+    (folder / "profiles" / "timing.json").write_text('{"seconds_per_dataset": 0.2}')
     with pytest.raises(ValueError, match="runs.csv has no done cell with training steps"):
         measured_rates(folder)

@@ -40,6 +40,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..config import Profile
+from ..errors import InputError
 from ..select.halving import halving_schedule
 from .tables import RANKED_FIRST
 
@@ -62,14 +63,21 @@ def measured_rates(study_dir: str | Path, profile_dir: str | Path | None = None)
     ``generate_n_samples``), and profiling seconds per dataset (``profiles/timing.json``; ``profile_dir`` to read
     another study's)."""
     study_dir = Path(study_dir)
+    timing_file = Path(profile_dir or study_dir / "profiles") / "timing.json"
+    for path in (study_dir / "runs.csv", study_dir / "cells.csv", timing_file):
+        if not path.is_file():
+            raise InputError(path, "missing: the rates are read from a study's runs.csv, cells.csv and "
+                             "profiles/timing.json", "pass a study folder whose grid and profiles were run (mc-bench "
+                             "run --profile NAME), or --rates-from another study")
     runs = pd.read_csv(study_dir / "runs.csv")
     runs = runs[(runs["status"] == "done") & (runs["train_steps"] > 0)]
     if runs.empty:
-        raise ValueError(f"{study_dir / 'runs.csv'} has no done cell with training steps: its rates cannot be read")
+        raise InputError(study_dir, "runs.csv has no done cell with training steps: its rates cannot be read",
+                         "pass a study that fine-tuned (train.steps > 0) and finished some cells")
     cells = pd.read_csv(study_dir / "cells.csv")
     cells = cells[cells["status"] == "done"].merge(runs[["model", "dataset", "generate_n_samples"]],
                                                    on=["model", "dataset"])
-    timing = json.loads((Path(profile_dir or study_dir / "profiles") / "timing.json").read_text())
+    timing = json.loads(timing_file.read_text())
     images = float(cells["generate_n_samples"].sum())
     return Rates(step_seconds=float(runs["train_seconds"].sum() / runs["train_steps"].sum()),
                  image_seconds=float(cells["sample"].sum() / images),
