@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from mc_bench.select.choose import GlobalBest, HistoryWeighted, NearestDataset
+from mc_bench.select import GlobalBest, HistoryWeighted, NearestDataset
 from mc_bench.config import load_manifests
 from mc_bench.paths import REPO_ROOT
 from mc_bench.world.data import read_world_split

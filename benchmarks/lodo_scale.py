@@ -14,7 +14,7 @@ import argparse
 import time
 import warnings
 
-from mc_bench.select.choose import MatchAndChoose, leave_one_dataset_out
+from mc_bench.select import MatchAndChoose, leave_one_dataset_out
 from mc_bench.select.graph import SpectralGraphEmbedding, matching_sparse_graph
 from mc_bench.select.synthetic import synthetic_history
 

@@ -48,10 +48,7 @@ def main() -> None:
     cpu = load_manifests().profiles["cpu-paper"]
     check = method_costs(cpu, measured_rates(cpu_dir), rung_steps=(cpu.train.steps // RUNG_FRACTION,))
     measured = pd.read_csv(cpu_dir / "selection_summary.csv")[["method", "seconds_per_dataset"]]
-    measured["method"] = measured["method"].str.split(" \\(").str[0]
-    check["key"] = check["method"].str.split(" \\(").str[0]
-    check = check.merge(measured.rename(columns={"method": "key", "seconds_per_dataset": "measured_seconds"}),
-                        on="key", how="left").drop(columns="key")
+    check = check.merge(measured.rename(columns={"seconds_per_dataset": "measured_seconds"}), on="method", how="left")
     frames.append(check.assign(setting="cpu-paper (this machine's CPU)"))
 
     paper = load_manifests(REPO_ROOT / "data_manifests" / "paper").profiles["paper"]

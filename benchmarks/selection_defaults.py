@@ -1,22 +1,27 @@
-"""How M&C's defaults were chosen: every candidate configuration, leave-one-dataset-out on validation histories only.
+"""How M&C's defaults were chosen: every candidate configuration, leave-one-dataset-out on validation histories only,
+each compared with the default paired by dataset.
 
-    python benchmarks/selection_defaults.py [--jobs 2] [--out results/selection]
+    python benchmarks/selection_defaults.py [--jobs 2] [--out results/selection] [--only NAME,...]
 
-Validation histories (none of their targets is ever reported):
+Validation histories (``mc_bench.select.validation.validation_histories``; none of their targets is ever reported):
 
-* ``transfergraph-image-val`` — TransferGraph's image records (``../shared``), held out one at a time: the five
-  datasets that are not in its published table (diabetic_retinopathy_detection, eurosat, food101, kitti,
-  smallnorb_label_azimuth); each fold learns from the other twelve datasets;
-* ``world-val`` — the world's 12 validation datasets (profile ``cpu-validation-full``), held out one at a time, each
-  fold learning from the other validation datasets and cpu-paper's 32 (history = both studies' runs, both fine-tuned
-  with cpu-paper's recipe: full UNet, lr 5e-5, cosine, 100 steps; profiles of all);
-* ``world-val-lora`` — the same 12 datasets fine-tuned with the first recipe (LoRA rank 4; profile
-  ``cpu-validation``), with the LoRA cpu-paper study's runs (``results/cpu-paper-lora``) as the other 32;
-* ``synthetic-val-<seed>`` — synthetic histories with planted structure, seeds 100-104 (the reported synthetic
-  histories use seeds 0-2).
+* ``transfergraph-image-val`` — TransferGraph's image records held out on the five datasets that are not in its
+  published table; each fold learns from the other twelve datasets;
+* ``world-val`` — the world's 48 validation datasets (profile ``cpu-validation-full``), held out one at a time, each fold
+  learning from the other validation datasets and cpu-paper's 32 (both fine-tuned with cpu-paper's recipe), with the
+  probe of every dataset (``<study>-pretrained``);
+* ``world-val-lora`` — the first 12 validation datasets with the first recipe (LoRA), with the LoRA cpu-paper's runs;
+* ``synthetic-val-<seed>`` — synthetic histories with planted structure (and a probe), seeds 100-104.
 
-Writes ``validation.csv`` (method × history × dataset rows) and ``validation_summary.csv`` (mean hit@1, regret and
-rel@1 per method and history, and each method's gap to the best baseline of that history), and prints the summary.
+The rule, fixed before the runs: a candidate replaces the default when, over the real validation targets pooled
+(world-val and transfergraph-image-val), its paired comparison with the default is ``better`` (a 95 % bootstrap
+interval of the top-1 or regret difference excludes 0 in its favour, the other not against it) and it is not
+``worse`` on the synthetic ones; among several, the lowest pooled mean regret. Otherwise the default stays: a
+difference the validation datasets cannot resolve is not a reason to change.
+
+Writes ``validation.csv`` (method × history × dataset rows), ``validation_summary.csv`` (per history and method:
+mean hit@1, regret, rel@1, Pearson) and ``validation_paired.csv`` (every candidate against its tier's default, per
+history and pooled), and prints the summary, the paired table and the decision.
 """
 
 from __future__ import annotations
@@ -28,67 +33,117 @@ from pathlib import Path
 
 import pandas as pd
 
-from mc_bench.select.choose import (GlobalBest, HistoryWeighted, MatchAndChoose, NearestDataset, leave_one_dataset_out)
 from mc_bench.paths import REPO_ROOT
+from mc_bench.select import (GlobalBest, HistoryWeighted, MatchAndChoose, NearestDataset, Probe, ProbeGain,
+                             TransferGraph, leave_one_dataset_out, paired_comparison)
 from mc_bench.select.graph import Node2Vec, SpectralGraphEmbedding
 from mc_bench.select.validation import validation_histories
 
-BASELINES = ("global-best", "history-weighted", "nearest-dataset")
+REAL = ("world-val", "transfergraph-image-val")  # pooled for the decision; world-val-lora and synthetic: checks
 
 
 def candidates() -> dict:
-    """The baselines, M&C with its defaults, and M&C with one setting changed at a time."""
+    """The baselines, M&C with its defaults, and M&C with one setting changed at a time (profile tier)."""
     return {
         "global-best": GlobalBest(),
         "history-weighted": HistoryWeighted(),
         "nearest-dataset": NearestDataset(),
+        "TransferGraph (XGBoost, node2vec+)": TransferGraph(),
         "M&C (default)": MatchAndChoose(),
-        "rule: min (not one-se)": MatchAndChoose(rule="min"),
-        "criterion: normalised (not relative)": MatchAndChoose(criterion="normalised"),
-        "3 inner folds (not 5)": MatchAndChoose(inner_folds=3),
-        "0 rounds (prior only)": MatchAndChoose(n_estimators=0),
-        "150 rounds (no inner choice)": MatchAndChoose(n_estimators=150),
-        "spectral embedding (not none)": MatchAndChoose(embedding=SpectralGraphEmbedding()),
-        "node2vec embedding (not none)": MatchAndChoose(embedding=Node2Vec()),
-        "lambdarank (not regression)": MatchAndChoose(objective="lambdarank"),
-        "no collaborative features": MatchAndChoose(collaborative=False),
-        "prior: global (not auto)": MatchAndChoose(prior="global"),
-        "metadata-only": MatchAndChoose(collaborative=False, prior="none"),
+        "learners: without the booster": MatchAndChoose(learners=("global", "local", "nearest")),
+        "learners: booster only": MatchAndChoose(learners=("booster",)),
+        "learners: without global": MatchAndChoose(learners=("local", "nearest", "booster")),
+        "blend: equal weights": MatchAndChoose(blend="equal"),
+        "stacking weighs good models more (top_weight 3)": MatchAndChoose(top_weight=3.0),
+        "local bandwidth 0.1 (not 0.3)": MatchAndChoose(local_bandwidth=0.1),
+        "local bandwidth 1 (not 0.3)": MatchAndChoose(local_bandwidth=1.0),
+        "10 inner folds (not 5)": MatchAndChoose(inner_folds=10),
+        "booster: 300 rounds (not 100)": MatchAndChoose(n_estimators=300),
+        "booster: no collaborative features": MatchAndChoose(collaborative_features=False),
+        "embedding: node2vec+": MatchAndChoose(embedding=Node2Vec()),
+        "embedding: spectral": MatchAndChoose(embedding=SpectralGraphEmbedding()),
     }
+
+
+def probe_candidates() -> dict:
+    """The probe tier: the probe, the probe plus gain, M&C + probe with its defaults and one change at a time."""
+    return {
+        "probe": Probe(),
+        "probe + gain": ProbeGain(),
+        "M&C + probe (default)": MatchAndChoose(probe=True),
+        "M&C + probe: gain bandwidth 0.1 (not 0.3)": MatchAndChoose(probe=True, gain_bandwidth=0.1),
+        "M&C + probe: gain bandwidth 1 (not 0.3)": MatchAndChoose(probe=True, gain_bandwidth=1.0),
+        "M&C + probe: probe learners only": MatchAndChoose(probe=True, learners=()),
+        "M&C + probe: equal weights": MatchAndChoose(probe=True, blend="equal"),
+        "M&C + probe: top_weight 3": MatchAndChoose(probe=True, top_weight=3.0),
+    }
+
+
+def decide(paired: pd.DataFrame, default: str, variants: list[str]) -> str:
+    """The rule of the module docstring: the configuration of ``variants`` to keep, from the pooled paired
+    comparisons with ``default``."""
+    real = paired[paired["history"] == "pooled: real"].set_index("method")
+    synthetic = paired[paired["history"] == "pooled: synthetic"].set_index("method")
+    better = [m for m in real.index if m in variants and real.loc[m, "verdict"] == "better"
+              and not (m in synthetic.index and synthetic.loc[m, "verdict"] == "worse")]
+    if not better:
+        return default
+    return min(better, key=lambda m: real.loc[m, "regret_diff"])
+
+
+def compare(table: pd.DataFrame, default: str, names: list[str]) -> pd.DataFrame:
+    """Every candidate of ``names`` against ``default``, per history and pooled (real / synthetic)."""
+    table = table[table["method"].isin(names)]
+    frames = []
+    for history, group in table.groupby("history", sort=False):
+        frames.append(paired_comparison(group, default).assign(history=history))
+    for pool, mask in (("pooled: real", table["history"].isin(REAL)),
+                       ("pooled: synthetic", table["history"].str.startswith("synthetic"))):
+        if mask.any():
+            pooled = table[mask].assign(dataset=table["history"] + "/" + table["dataset"])
+            frames.append(paired_comparison(pooled, default).assign(history=pool))
+    return pd.concat(frames, ignore_index=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", default=str(REPO_ROOT / "results" / "selection"))
-    parser.add_argument("--only", default=None, help="comma-separated candidate names (the baselines always run)")
+    parser.add_argument("--only", default=None, help="comma-separated candidate names (the defaults always run)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=UserWarning)
-    methods = candidates()
+    profile_tier, probe_tier = candidates(), probe_candidates()
     if args.only:
-        methods = {k: v for k, v in methods.items() if k in args.only.split(",") or k in BASELINES}
+        keep = set(args.only.split(","))
+        profile_tier = {k: v for k, v in profile_tier.items() if k in keep or "default" in k}
+        probe_tier = {k: v for k, v in probe_tier.items() if k in keep or "default" in k}
     frames = []
-    for name, (history, targets) in validation_histories().items():
+    for name, (history, targets) in validation_histories(probe=True).items():
         start = time.perf_counter()
+        methods = dict(profile_tier, **(probe_tier if history.probe is not None else {}))
         df = leave_one_dataset_out(history, methods, targets=targets, n_jobs=args.jobs)
         frames.append(df.assign(history=name))
         print(f"{name}: {len(targets)} targets, {time.perf_counter() - start:.0f} s", flush=True)
     table = pd.concat(frames, ignore_index=True)
     summary = table.groupby(["history", "method"], sort=False)[["hit@1", "regret", "rel@1", "pearson"]].mean()
     summary = summary.reset_index()
-    best = summary[summary["method"].isin(BASELINES)].groupby("history").agg(
-        best_hit1=("hit@1", "max"), best_regret=("regret", "min"))
-    summary = summary.join(best, on="history")
-    summary["hit1_gain"] = summary["hit@1"] - summary["best_hit1"]
-    summary["regret_gain"] = summary["best_regret"] - summary["regret"]
+    paired = pd.concat([compare(table, "M&C (default)", list(profile_tier)).assign(tier="profile"),
+                        compare(table, "M&C + probe (default)", list(probe_tier)).assign(tier="probe")],
+                       ignore_index=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table.drop(columns=["seconds"]).to_csv(out / "validation.csv", index=False)
     summary.to_csv(out / "validation_summary.csv", index=False, float_format="%.4f")
-    with pd.option_context("display.width", 200, "display.max_rows", 500):
+    paired.to_csv(out / "validation_paired.csv", index=False, float_format="%.4f")
+    columns = ["tier", "history", "method", "n_paired", "top1_diff", "regret_diff", "regret_diff_ci_low",
+               "regret_diff_ci_high", "wins", "losses", "verdict"]
+    with pd.option_context("display.width", 220, "display.max_rows", 500, "display.max_colwidth", 45):
         print(summary.round(4).to_string(index=False))
-        overall = summary.groupby("method", sort=False)[["hit1_gain", "regret_gain"]].agg(["mean", "min"])
-        print(overall.round(4).to_string())
+        print(paired[paired["history"].str.startswith("pooled")][columns].round(4).to_string(index=False))
+    for tier, default, tried in (("profile", "M&C (default)", profile_tier), ("probe", "M&C + probe (default)", probe_tier)):
+        variants = [n for n, m in tried.items() if isinstance(m, MatchAndChoose)]
+        chosen = decide(paired[paired["tier"] == tier], default, variants)
+        print(f"{tier} tier: keep {chosen!r}" + ("" if chosen == default else f" (replaces {default!r})"))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ means are over the reported targets. Writes ``reported.csv`` (method × history 
 column ``reported``), ``reported_scores.csv`` (every ranked score) and
 ``reported_summary.csv``: per history and method the mean hit@1, regret, rel@1 and Pearson, the conformal shortlist's
 coverage and size at 90 %, and the method's gap to the best baseline of that history (``hit1_gain``,
-``regret_gain``: positive = ahead). Prints the summary; the last line is ``never_behind=<yes|no>`` for M&C.
+``regret_gain``: positive = ahead), and ``reported_paired.csv``: every method against M&C paired by reported target
+(mc_bench.select.lodo.paired_comparison). Prints both; the last line is ``never_behind=<yes|no>`` for M&C.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mc_bench.select.choose import default_methods, leave_one_dataset_out, shortlist_coverage
+from mc_bench.select import default_methods, leave_one_dataset_out, paired_comparison, shortlist_coverage
 from mc_bench.paths import REPO_ROOT
 from mc_bench.select.validation import reported_histories
 
@@ -69,8 +70,13 @@ def main() -> None:
     table.drop(columns=["seconds"]).to_csv(out / "reported.csv", index=False)
     scores.to_csv(out / "reported_scores.csv", index=False, float_format="%.9g")
     summary.to_csv(out / "reported_summary.csv", index=False, float_format="%.4f")
+    paired = pd.concat([paired_comparison(table[(table["history"] == h) & table["reported"]], "M&C").assign(history=h)
+                        for h in reported], ignore_index=True)
+    paired.to_csv(out / "reported_paired.csv", index=False, float_format="%.4f")
     with pd.option_context("display.width", 220, "display.max_rows", 200):
         print(summary.round(4).to_string(index=False))
+        print(paired[["history", "method", "n_paired", "top1_diff", "regret_diff", "regret_diff_ci_low",
+                      "regret_diff_ci_high", "wins", "losses", "verdict"]].round(4).to_string(index=False))
     mc = summary[summary["method"] == "M&C"]
     ahead = bool(((mc["hit1_gain"] >= -1e-9) & (mc["regret_gain"] >= -1e-9)).all())
     print(f"never_behind={'yes' if ahead else 'no'}")

@@ -160,27 +160,36 @@ def _images_as_new_dataset(history, images_arg: str, manifests_dir):
     return add_image_dataset(history, images, captions, dataset), dataset, len(images)
 
 
-def _shortlist_threshold(history, history_arg: str, level: float, method) -> tuple[float, str]:
+def _shortlist_threshold(history, history_arg: str, level: float, method, label: str) -> tuple[float, str]:
     """The conformal threshold from the study's leave-one-dataset-out (selection/lodo.csv), else computed now."""
     import pandas as pd
 
-    from .select.choose import leave_one_dataset_out, shortlist_threshold
+    from .select.lodo import leave_one_dataset_out
+    from .select.shortlist import shortlist_threshold
 
     lodo_path = Path(history_arg) / "selection" / "lodo.csv"
     if lodo_path.is_file():
         lodo = pd.read_csv(lodo_path)
-        gaps = lodo.loc[lodo["method"] == "M&C", "best_gap"] if "best_gap" in lodo else pd.Series(dtype=float)
+        gaps = lodo.loc[lodo["method"] == label, "best_gap"] if "best_gap" in lodo else pd.Series(dtype=float)
         if gaps.notna().any():
             return shortlist_threshold(gaps, level), f"calibrated on {int(gaps.notna().sum())} held-out datasets of {lodo_path}"
-    lodo = leave_one_dataset_out(history, {"M&C": method}, n_jobs=2)
+    lodo = leave_one_dataset_out(history, {label: method}, n_jobs=2)
     return (shortlist_threshold(lodo["best_gap"], level),
             f"calibrated now on {len(lodo)} held-out datasets (leave-one-dataset-out)")
 
 
+def choosable_methods() -> list[str]:
+    """The registered selectors that need at most the new dataset's profile (mc_bench.select.methods)."""
+    from .select.methods import METHODS, PROFILE
+
+    return [m.id for m in METHODS if m.make is not None and set(m.needs) <= {PROFILE}]
+
+
 def choose_cmd(args) -> int:
     """Rank the candidate models for a dataset, from a fine-tuning history."""
-    from .select.choose import MatchAndChoose, conformal_shortlist
     from .errors import HistoryError
+    from .select.methods import method as registered
+    from .select.shortlist import conformal_shortlist
 
     start = time.perf_counter()
     history = _selection_history(args.history, args.transfergraph)
@@ -211,12 +220,17 @@ def choose_cmd(args) -> int:
                            "or profile an image folder with --images FOLDER")
     if held_out and not args.images:  # recommend as if it were new: none of its own results may be used
         history = history.without_runs(dataset)
-    method = MatchAndChoose(random_state=args.seed)
+    chosen = registered(args.method)
+    method = chosen.make()
+    if "random_state" in method.get_params():
+        method.set_params(random_state=args.seed)
     scores = method.fit(history).predict(dataset)
     ranked = method.rank(dataset)
     threshold, calibration = (None, "")
     if args.level:
-        threshold, calibration = _shortlist_threshold(history, args.history, args.level, MatchAndChoose(random_state=args.seed))
+        from sklearn.base import clone
+
+        threshold, calibration = _shortlist_threshold(history, args.history, args.level, clone(method), chosen.label)
     shortlist = conformal_shortlist(scores, threshold) if threshold is not None else []
     nearest = (sim.loc[dataset].drop(dataset).loc[lambda s: s.index.isin(history.datasets)]
                .sort_values(ascending=False).head(5)) if sim is not None and dataset in sim.index else None
@@ -232,7 +246,7 @@ def choose_cmd(args) -> int:
         return 0
     note = " (its own runs were held out)" if held_out else ""
     what = f" ({n_images} images profiled)" if n_images else ""
-    print(f"Match & Choose for {dataset}{what}{note}: {len(history.models)} candidates, "
+    print(f"{chosen.label} for {dataset}{what}{note}: {len(history.models)} candidates, "
           f"learned from {len(history.datasets)} datasets\n")
     _print_table([{"rank": r["rank"], "model": r["model"], "score": f"{r['score']:.4f}",
                    "shortlist": "yes" if r["model"] in shortlist else ""}
@@ -403,6 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="conformal shortlist level (0 for none): the smallest set that holds the best model with "
                          "this probability")
     ch.add_argument("--top", type=int, default=10)
+    ch.add_argument("--method", default="mc", choices=choosable_methods(),
+                    help="the selector (mc_bench.select.methods): M&C by default")
     ch.add_argument("--seed", type=int, default=0)
     ch.add_argument("--json", action="store_true")
     ch.set_defaults(func=choose_cmd)

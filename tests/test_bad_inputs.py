@@ -468,7 +468,7 @@ def case_run_folder_with_another_config(tmp_path, done_run):
 
 def _history_folder(tmp_path, runs: pd.DataFrame, **spec) -> Path:
     folder = tmp_path / "history"
-    folder.mkdir()
+    folder.mkdir(parents=True)
     runs.to_csv(folder / "runs.csv", index=False)
     (folder / "history.yaml").write_text(yaml.safe_dump({"runs": "runs.csv", "quality": {"fid": "lower"}, **spec}))
     return folder
@@ -494,8 +494,18 @@ def case_history_missing_quality_column(tmp_path):
 
 
 def case_history_nan_quality(tmp_path):
-    expect(HistoryError, lambda: load_history(_history_folder(tmp_path, _runs(fid=float("nan")))), "row 0",
-           "drop failed runs")
+    """A failed run (NaN label) is dropped with a warning; a dataset whose only runs failed is one error."""
+    with pytest.warns(UserWarning, match="1 of 12 runs have no finite 'fid'.*a on d0"):
+        assert load_history(_history_folder(tmp_path / "one", _runs(fid=float("nan")))).summary()["dropped_runs"] == 1
+    runs = _runs()
+    runs.loc[runs["dataset"] == "d1", "fid"] = float("nan")
+    expect(HistoryError, lambda: load_history(_history_folder(tmp_path / "all", runs)), "runs", "drop the datasets")
+
+
+def case_history_quality_not_a_number(tmp_path):
+    runs = _runs().astype({"fid": object})
+    runs.loc[2, "fid"] = "n/a?"
+    expect(HistoryError, lambda: load_history(_history_folder(tmp_path, runs)), "row 2", "write numbers")
 
 
 def case_history_negative_fid(tmp_path):

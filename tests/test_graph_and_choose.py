@@ -5,7 +5,10 @@ import pandas as pd
 import pytest
 from sklearn.base import clone
 
-from mc_bench.select.choose import (GlobalBest, HistoryWeighted, MatchAndChoose, NearestDataset, RandomChoice, ablations, choose_bandwidth, conformal_shortlist, default_methods, leave_one_dataset_out, pick_simplest, regret_matrix, shortlist_coverage, shortlist_threshold, top_pick_loss)
+from mc_bench.select import (GlobalBest, HistoryWeighted, MatchAndChoose, NearestDataset, RandomChoice, ablations,
+                             conformal_shortlist, default_methods, leave_one_dataset_out, shortlist_coverage,
+                             shortlist_threshold)
+from mc_bench.select.collaborative import regret_matrix, top_pick_loss
 from mc_bench.select.graph import Node2Vec, SpectralGraphEmbedding, build_matching_graph, dataset_node, model_node
 from mc_bench.select.synthetic import synthetic_history
 
@@ -75,14 +78,20 @@ def test_spectral_embedding(small):
 
 def test_estimator_api(small):
     est = MatchAndChoose(embedding=None)
-    assert est.get_params()["objective"] == "regression" and not hasattr(est, "model_")
+    assert est.get_params()["blend"] == "nnls" and not hasattr(est, "weights_")
     with pytest.raises(RuntimeError, match="not fitted"):
         est.predict("d000")
-    assert est.fit(small) is est and hasattr(est, "model_") and hasattr(est, "feature_names_")
+    assert est.fit(small) is est and hasattr(est, "weights_") and hasattr(est, "state_")
+    assert set(est.weights_) == {"global", "local", "nearest", "booster"} and min(est.weights_.values()) >= 0
     ranked = est.rank("d000")
     assert list(ranked["rank"]) == list(range(1, 9)) and ranked["score"].is_monotonic_decreasing
-    lambdarank = MatchAndChoose(objective="lambdarank", embedding=None).fit(small)
-    assert lambdarank.predict("d000").notna().all()
+    learners = est.learner_scores("d000")
+    blend = sum(w * learners[n] for n, w in est.weights_.items())
+    np.testing.assert_allclose(learners["blend"], blend, atol=1e-6)  # the score is the weighted sum of the learners
+    with pytest.raises(ValueError, match="unknown learners"):
+        MatchAndChoose(learners=("prior",)).fit(small)
+    with pytest.raises(ValueError, match="probe=True"):
+        MatchAndChoose(learners=("gain",)).fit(small)
 
 
 def test_baselines(small):
@@ -118,9 +127,8 @@ def test_planted_structure_is_recovered():
 
 
 def test_ablations_table(small):
-    df = ablations(small, targets=["d000"], base=MatchAndChoose(embedding=Node2Vec(dimensions=4, num_walks=2)),
-                   ratios=(0.5,), seeds=(0,))
-    assert {"default", "embedding", "objective", "model ratio", "history ratio"} <= set(df["ablation"])
+    df = ablations(small, targets=["d000"], ratios=(0.5,), seeds=(0,))
+    assert {"default", "learners", "blend", "embedding", "model ratio", "history ratio"} <= set(df["ablation"])
     assert df["hit@1"].between(0, 1).all()
 
 
@@ -171,11 +179,12 @@ def test_lodo_skips_a_dataset_with_fewer_than_two_results(small):
 _LODO_SCRIPT = """
 import sys, warnings
 warnings.filterwarnings("ignore")
-from mc_bench.select.choose import MatchAndChoose, leave_one_dataset_out
+from mc_bench.select import MatchAndChoose, TransferGraph, leave_one_dataset_out
 from mc_bench.select.graph import Node2Vec
 from mc_bench.select.synthetic import synthetic_history
 h = synthetic_history(n_models=12, n_datasets=10, seed=5)
-methods = {"M&C": MatchAndChoose(), "M&C node2vec": MatchAndChoose(embedding=Node2Vec(dimensions=8, num_walks=4))}
+methods = {"M&C": MatchAndChoose(), "M&C node2vec": MatchAndChoose(embedding=Node2Vec(dimensions=8, num_walks=4)),
+           "TransferGraph": TransferGraph()}
 df = leave_one_dataset_out(h, methods, n_jobs=int(sys.argv[2]))
 df.drop(columns=["seconds"]).to_csv(sys.argv[1], index=False, float_format="%.17g")
 """
@@ -199,7 +208,7 @@ def test_lodo_is_identical_across_processes_threads_and_jobs(tmp_path):
         tables.append(pd.read_csv(out))
     a, b = tables
     pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=0, atol=1e-9)
-    assert len(a) == 20 and a["hit@1"].notna().all()
+    assert len(a) == 30 and a["hit@1"].notna().all()
 
 
 def test_shortlist_threshold_is_the_conformal_quantile():
@@ -225,13 +234,6 @@ def test_shortlist_coverage_and_size(small):
     assert ((lodo["best_gap"] == 0) == (lodo["hit@1"] == 1)).all()
 
 
-def test_pick_simplest_one_standard_error_rule():
-    flat = [np.array([0.40, 0.60, 0.50, 0.50]), np.array([0.39, 0.59, 0.49, 0.49])]  # within noise
-    assert pick_simplest(flat, "min") == 1 and pick_simplest(flat, "one-se") == 0
-    clear = [np.array([0.9, 0.8, 0.85, 0.9]), np.array([0.1, 0.15, 0.1, 0.12])]
-    assert pick_simplest(clear, "one-se") == 1
-
-
 def test_regret_matrix_and_top_pick_loss():
     from mc_bench.select.history import History
 
@@ -246,9 +248,9 @@ def test_regret_matrix_and_top_pick_loss():
     np.testing.assert_allclose(loss, [0.0, 0.0, 0.5 + 0.5 * 1.0])
 
 
-def test_prior_bandwidth_follows_the_history():
-    """Where the nearest dataset always shares the winner the prior becomes local; where one model wins everywhere
-    it stays global-best."""
+def test_stacking_weights_follow_the_history():
+    """Where the nearest dataset always shares the winner the stack listens to the nearest and local learners and
+    finds every winner; the global mean, which cannot tell the clusters apart, gets less weight than they do."""
     rng = np.random.default_rng(0)
     models, datasets = [f"m{i}" for i in range(6)], [f"d{j}" for j in range(12)]
     clusters = np.arange(12) // 2  # pairs of near-identical datasets, each pair with its own winner
@@ -262,10 +264,7 @@ def test_prior_bandwidth_follows_the_history():
     from mc_bench.select.history import History
 
     h = History.from_tables(runs, {"acc": "higher"}, similarity=sim)
-    local = choose_bandwidth(h.normalised(), h.dataset_similarity(), regret_matrix(h))
-    assert local <= 0.3  # as good as the nearest dataset alone here; the widest such bandwidth is chosen
-    quality[:] = rng.uniform(0.3, 0.5, size=(6, 12))
-    quality[2] = 0.9  # one model is best everywhere
-    runs["acc"] = quality.reshape(-1)
-    h = History.from_tables(runs, {"acc": "higher"}, similarity=sim)
-    assert choose_bandwidth(h.normalised(), h.dataset_similarity(), regret_matrix(h)) == np.inf
+    lodo = leave_one_dataset_out(h, {"M&C": MatchAndChoose(learners=("global", "local", "nearest"))})
+    assert lodo["hit@1"].mean() == 1.0
+    weights = MatchAndChoose(learners=("global", "local", "nearest")).fit(h).weights_
+    assert weights["nearest"] + weights["local"] > weights["global"]

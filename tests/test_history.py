@@ -52,12 +52,55 @@ def test_unknown_dataset_id(tables):
         _build(tables, dataset_features=tables["dataset_features"].iloc[:4])
 
 
-@pytest.mark.parametrize("bad", [np.nan, np.inf, "oops"])
-def test_nan_or_infinite_score(tables, bad):
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, "", None])
+def test_a_failed_run_is_dropped_counted_and_named(tables, bad):
+    """A run whose label is empty, NaN or infinite is a failed run, as real records hold them: dropped, as
+    TransferGraph's trainer does, with a warning naming it, and listed in the history's summary."""
     runs = tables["runs"].astype({"accuracy": object})
     runs.loc[3, "accuracy"] = bad
-    with pytest.raises(HistoryError, match=r"runs, row 3 \(m0000, d003\): quality 'accuracy' is .*NaN, infinite"):
+    with pytest.warns(UserWarning, match=r"1 of 20 runs have no finite 'accuracy' .*dropped: m0000 on d003"):
+        h = _build(tables, runs=runs)
+    assert len(h.runs) == 19 and np.isnan(h.label_matrix().loc["m0000", "d003"])
+    summary = h.summary()
+    assert summary["dropped_runs"] == 1 and summary["dropped"] == ["m0000 on d003"] and summary["runs"] == 19
+
+
+def test_a_value_that_is_not_a_number_is_an_error(tables):
+    runs = tables["runs"].astype({"accuracy": object})
+    runs.loc[3, "accuracy"] = "oops"
+    with pytest.raises(HistoryError, match=r"runs, row 3 \(m0000, d003\): quality 'accuracy' is 'oops', not a number"):
         _build(tables, runs=runs)
+
+
+def test_a_model_or_dataset_left_without_runs_is_an_error(tables):
+    runs = tables["runs"].copy()
+    runs.loc[runs["model"] == "m0001", "accuracy"] = np.nan
+    with pytest.raises(HistoryError, match=r"models \['m0001'\] have no run with a finite 'accuracy'.*Fix: drop"):
+        _build(tables, runs=runs)
+    runs = tables["runs"].copy()
+    runs.loc[runs["dataset"] == "d004", "accuracy"] = np.inf
+    with pytest.raises(HistoryError, match=r"datasets \['d004'\] have no run"):
+        _build(tables, runs=runs)
+
+
+def test_transfergraph_records_with_blank_accuracies(tmp_path):
+    """A records file whose failed runs have an empty eval_accuracy (as TransferGraph's sequence-classification
+    records do) imports: those runs are dropped and named, the others kept."""
+    import shutil
+
+    folder = tmp_path / "tg"
+    shutil.copytree(FIXTURES / "image_classification", folder)
+    records = pd.read_csv(folder / "records.csv", index_col=0)
+    blank = records.index[:2]
+    records["eval_accuracy"] = records["eval_accuracy"].astype(object)
+    records.loc[blank, "eval_accuracy"] = ""
+    records.to_csv(folder / "records.csv")
+    assert (folder / "records.csv").read_text().count(",,") >= 2  # the accuracy cells are really empty
+    with pytest.warns(UserWarning, match=r"2 of \d+ runs have no finite 'eval_accuracy'"):
+        h = from_transfergraph(folder)
+    assert h.summary()["dropped_runs"] == 2
+    kept = records.drop(index=blank)
+    assert len(h.runs) == len(kept.groupby(["model", "finetuned_dataset"]))
 
 
 def test_duplicate_pairs_without_seed(tables):

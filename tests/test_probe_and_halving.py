@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from mc_bench.errors import HistoryError
-from mc_bench.select.choose import (GlobalBest, MatchAndChoose, Probe, default_methods, leave_one_dataset_out)
+from mc_bench.select import GlobalBest, MatchAndChoose, Probe, default_methods, leave_one_dataset_out
 from mc_bench.select.halving import halving_evaluation, halving_schedule, ranked_halving_evaluation, successive_halving
 from mc_bench.select.history import History, load_history
 from mc_bench.select.synthetic import synthetic_history, synthetic_tables
@@ -52,7 +52,7 @@ def test_mc_with_probe_uses_an_informative_probe_and_ignores_noise():
     assert _mean(good, "M&C + probe", "regret") < _mean(good, "M&C", "regret")
     assert _mean(good, "M&C + probe", "hit@1") >= _mean(good, "M&C", "hit@1")
     fitted = MatchAndChoose(probe=True).fit(synthetic_history(probe_noise=0.2, **kwargs))
-    assert fitted.probe_weight_ > 0 and "probe" in fitted.feature_names_
+    assert fitted.weights_["probe"] + fitted.weights_["gain"] > 0 and "probe" in fitted.state_["feature_names"]
     # a probe that is pure noise: the inner choice weighs it little, and M&C + probe stays near M&C
     noisy = leave_one_dataset_out(synthetic_history(probe_noise=50.0, **kwargs), methods)
     assert _mean(noisy, "M&C + probe", "regret") <= _mean(noisy, "M&C", "regret") + 0.02
@@ -61,8 +61,9 @@ def test_mc_with_probe_uses_an_informative_probe_and_ignores_noise():
 
 def test_default_methods_with_probe():
     names = list(default_methods(probe=True))
-    assert names[:2] == ["M&C", "M&C + probe"] and names[-1] == "probe"
-    assert "probe" not in default_methods()
+    assert names[:2] == ["M&C", "M&C + probe"] and {"probe", "probe + gain"} <= set(names)
+    assert "probe" not in default_methods() and "M&C + cheap probe" not in names
+    assert "M&C + cheap probe" in default_methods(probe=True, cheap_probe=True)
 
 
 def test_probe_table_errors_and_loading(tmp_path):

@@ -149,11 +149,13 @@ def _plain(feats: pd.Series) -> dict:
 class _CSR:
     """A weighted graph in compressed sparse row form, for vectorised random walks."""
 
-    def __init__(self, graph):
+    def __init__(self, graph, weighted: bool = True):
         graph = _as_sparse(graph)
         self.nodes = list(graph.nodes)
         adjacency = sp.csr_matrix(graph.adjacency)
         adjacency.sort_indices()
+        if not weighted:  # every edge counts the same
+            adjacency.data = np.ones_like(adjacency.data)
         n = len(self.nodes)
         self.cols = adjacency.indices.astype(np.int64)
         self.indptr = adjacency.indptr.astype(np.int64)
@@ -178,14 +180,17 @@ class _CSR:
 
 class Node2Vec(BaseEstimator):
     """node2vec (Grover & Leskovec, 2016): weighted second-order random walks with return parameter ``p`` and
-    in-out parameter ``q``, then skip-gram with negative sampling (gensim ``Word2Vec``).
+    in-out parameter ``q``, then skip-gram with negative sampling (gensim ``Word2Vec``). ``weighted=False`` draws
+    each step uniformly over the neighbours, as TransferGraph's "node2vec" does; weighted walks with ``p = q = 1``
+    are its "node2vec+" (pecanpy's node2vec+ with its default ``gamma`` reduces to them).
 
     The walks are drawn for all walkers at once (numpy); the second-order bias is applied by rejection sampling
     against the first-order weighted proposal, which draws exactly from node2vec's transition probabilities.
     Deterministic for a fixed ``seed`` (gensim runs one worker)."""
 
     def __init__(self, dimensions: int = 32, walk_length: int = 20, num_walks: int = 10, p: float = 1.0,
-                 q: float = 1.0, window: int = 5, epochs: int = 3, negative: int = 5, seed: int = 0):
+                 q: float = 1.0, window: int = 5, epochs: int = 3, negative: int = 5, weighted: bool = True,
+                 seed: int = 0):
         self.dimensions = dimensions
         self.walk_length = walk_length
         self.num_walks = num_walks
@@ -194,11 +199,12 @@ class Node2Vec(BaseEstimator):
         self.window = window
         self.epochs = epochs
         self.negative = negative
+        self.weighted = weighted
         self.seed = seed
 
     def walks(self, graph) -> list[list[str]]:
         """Node names of ``num_walks`` walks from every node (a networkx graph or a :class:`SparseGraph`)."""
-        csr = _CSR(graph)
+        csr = _CSR(graph, self.weighted)
         rng = np.random.default_rng(self.seed)
         has_edges = np.diff(csr.indptr) > 0
         starts = np.tile(np.arange(csr.n), self.num_walks)

@@ -64,7 +64,7 @@ def successive_halving(rungs: dict[int, pd.Series], seconds: dict[int, pd.Series
 def halving_evaluation(rungs: dict[int, pd.DataFrame], seconds: dict[int, pd.DataFrame], higher_is_better: bool,
                        eta: float = 2, method: str | None = None, ks=DEFAULT_KS) -> pd.DataFrame:
     """Successive halving on every dataset of the last (full-budget) rung, scored against that rung's label:
-    one row per dataset in :func:`~mc_bench.select.choose.leave_one_dataset_out`'s layout (``method``, ``dataset``,
+    one row per dataset in :func:`~mc_bench.select.lodo.leave_one_dataset_out`'s layout (``method``, ``dataset``,
     ``n_models``, the ranking metrics, ``seconds`` = the compute it spent on the dataset), plus ``runs`` (how many
     fine-tunes it ran) and ``budgets``."""
     budgets = sorted(rungs)

@@ -5,7 +5,10 @@ Schema (CSV or Parquet; one folder, described by ``history.yaml``):
 ``runs``
     one row per fine-tuning run: ``model``, ``dataset``, optional ``seed``, and one or more quality columns.
     Each quality column has a declared direction (``higher`` or ``lower`` is better). Several seeds of the same
-    (model, dataset) pair are averaged; without a ``seed`` column a repeated pair is an error.
+    (model, dataset) pair are averaged; without a ``seed`` column a repeated pair is an error. A run whose label is
+    empty, NaN or infinite (a failed run, as real records hold them) is dropped with a warning that counts and names
+    it, and listed in :meth:`History.summary`; a model or dataset left with no run is an error, and so is a value
+    that is not a number at all.
 ``model_features``
     one row per model (column ``model``); numeric columns are features, text columns become categorical
     features. The optional column ``pretrain_dataset`` names the dataset(s) a model was pretrained on
@@ -79,6 +82,7 @@ class History:
     source: str = "tables"
     profiles: Path | None = None  # the mc_bench.profile folder the dataset features came from, when known
     probe: pd.DataFrame | None = None  # model × dataset: the label of each pretrained model's samples (no fine-tuning)
+    dropped_runs: pd.DataFrame | None = None  # model, dataset, row: runs left out because their label was missing
 
     # ------------------------------------------------------------------------------------------ building
 
@@ -111,24 +115,25 @@ class History:
                 raise HistoryError(f"{source}: quality", f"column {col!r} has direction {direction!r}",
                                    "declare each quality column as `higher` or `lower` (is better)")
             values = pd.to_numeric(runs[col], errors="coerce")
-            bad = ~np.isfinite(values.to_numpy(dtype=float))
-            if str(col).lower().startswith("fid") and not bad.any() and (values < 0).any():
-                row = runs.loc[values < 0].iloc[0]
+            text = values.isna() & runs[col].notna() & ~runs[col].astype(str).str.strip().isin(["", "nan", "NaN"])
+            if text.any():  # a value that is not a number at all: a broken table, not a failed run
+                row = runs.loc[text].iloc[0]
+                raise HistoryError(
+                    f"{source}: runs, row {int(np.flatnonzero(text)[0])} ({row['model']}, {row['dataset']})",
+                    f"quality {col!r} is {row[col]!r}, not a number",
+                    "write numbers (a failed run's quality may be left empty: such runs are dropped)")
+            finite = np.isfinite(values.to_numpy(dtype=float))
+            if str(col).lower().startswith("fid") and (values[finite] < 0).any():
+                row = runs.loc[finite & (values < 0)].iloc[0]
                 raise HistoryError(f"{source}: runs ({row['model']}, {row['dataset']})",
                                    f"{col} is {row[col]}: a Fréchet distance is never negative",
                                    "check how the column was computed (a sign flipped, or a different metric)")
-            if bad.any():
-                row = runs.loc[bad].iloc[0]
-                raise HistoryError(
-                    f"{source}: runs, row {int(np.flatnonzero(bad)[0])} ({row['model']}, {row['dataset']})",
-                    f"quality {col!r} is {row[col]!r} (NaN, infinite or not a number)",
-                    "drop failed runs from the table or record them as not computed elsewhere",
-                )
             runs[col] = values
         label = label or next(iter(quality))
         if label not in quality:
             raise HistoryError(f"{source}: label", f"label {label!r} is not a declared quality column",
                                f"use one of {list(quality)}")
+        runs, dropped = _drop_failed_runs(runs, label, source)
         dup = runs.duplicated(["model", "dataset"], keep=False)
         if dup.any() and "seed" not in runs.columns:
             row = runs.loc[dup].iloc[0]
@@ -166,7 +171,8 @@ class History:
                                    "name pretraining datasets by their ids in the similarity matrix")
         probe_matrix = None if probe is None else _probe_matrix(probe, label, models, source)
         return cls(runs=runs.reset_index(drop=True), quality=dict(quality), label=label, model_features=mf,
-                   dataset_features=df, similarity=sim, pretrain=pretrain, source=source, probe=probe_matrix)
+                   dataset_features=df, similarity=sim, pretrain=pretrain, source=source, probe=probe_matrix,
+                   dropped_runs=dropped)
 
     # ------------------------------------------------------------------------------------------ views
 
@@ -182,6 +188,21 @@ class History:
     @property
     def higher_is_better(self) -> bool:
         return self.quality[self.label] == "higher"
+
+    def summary(self) -> dict:
+        """What the history holds: models, datasets, runs, the label and its direction, whether it has a similarity
+        and a probe, and the runs dropped on import because their label was missing or not finite (failed runs)."""
+        dropped = self.dropped_runs if self.dropped_runs is not None else pd.DataFrame(columns=["model", "dataset"])
+        return {"source": self.source, "models": len(self.models), "datasets": len(self.datasets),
+                "runs": len(self.runs), "label": self.label, "direction": self.quality[self.label],
+                "similarity": self.similarity is not None or self.dataset_similarity() is not None,
+                "probe": self.probe is not None, "dropped_runs": len(dropped),
+                "dropped": [f"{m} on {d}" for m, d in zip(dropped["model"], dropped["dataset"])]}
+
+    def with_probe(self, table: pd.DataFrame) -> "History":
+        """The same history with another probe table (``model``, ``dataset``, the label): e.g. the cheap probe of
+        a study's ``<study>-probe16`` companion instead of the full one."""
+        return replace(self, probe=_probe_matrix(table, self.label, self.models, f"{self.source}: probe"))
 
     def label_matrix(self) -> pd.DataFrame:
         """The label as a model × dataset matrix (NaN where a pair was not run)."""
@@ -306,6 +327,29 @@ class History:
             table = pd.DataFrame(index=pd.Index(self.models, name="model")) if table is None else table.copy()
             table[dataset] = values
         return replace(self, dataset_features=df, similarity=sim, probe=table)
+
+
+def _drop_failed_runs(runs: pd.DataFrame, label: str, source: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Runs whose label is missing or not finite (failed runs, as real records hold them) are dropped — as
+    TransferGraph's own trainer does (``dropna(subset=['eval_accuracy'])``) — counted and named in a warning;
+    a model or dataset left with no run at all is a :class:`HistoryError`."""
+    import warnings
+
+    bad = ~np.isfinite(runs[label].to_numpy(dtype=float))
+    dropped = runs.loc[bad, ["model", "dataset"]].assign(row=np.flatnonzero(bad)).reset_index(drop=True)
+    if not bad.any():
+        return runs, dropped
+    kept = runs.loc[~bad]
+    for key in ("model", "dataset"):
+        lost = sorted(set(runs[key]) - set(kept[key]))
+        if lost:
+            raise HistoryError(f"{source}: runs", f"{key}s {lost[:5]} have no run with a finite {label!r} (all "
+                               f"{int(runs[key].isin(lost).sum())} of their runs are empty, NaN or infinite)",
+                               f"drop the {key}s from the tables, or rerun their failed runs")
+    names = ", ".join(f"{m} on {d}" for m, d in zip(dropped["model"][:5], dropped["dataset"][:5]))
+    warnings.warn(f"{source}: {int(bad.sum())} of {len(runs)} runs have no finite {label!r} (failed runs) and are "
+                  f"dropped: {names}{', ...' if bad.sum() > 5 else ''}", stacklevel=3)
+    return kept, dropped
 
 
 def _feature_table(table: pd.DataFrame | None, key: str, ids: list[str], source: str) -> pd.DataFrame:

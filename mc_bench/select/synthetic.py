@@ -12,7 +12,7 @@ profiles.
 
 With ``probe_noise``, a ``probe`` table is added: ``sigmoid(u_m · v_d + b_m + noise')`` with ``noise'`` of that
 scale — the quality of a model *before* fine-tuning on the dataset, which tracks the quality after it more or less
-closely (:class:`~mc_bench.select.choose.Probe`).
+closely (:class:`~mc_bench.select.baselines.Probe`).
 """
 
 from __future__ import annotations

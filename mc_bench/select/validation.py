@@ -6,8 +6,9 @@ Defaults are chosen on *validation* histories only, and numbers are reported on 
 history                       validation targets (held out one at a time)                      reported targets
 ============================  ==============================================================  ===================
 TransferGraph image records   the 5 datasets outside TransferGraph's published table            its 8 published
-the world (cpu-paper + cpu-   the 12 ``role: validation`` datasets (profile                    cpu-paper's 32
-validation-full runs)         cpu-validation-full), each fold learning from the other 43
+the world (cpu-paper + cpu-   the 48 ``role: validation`` datasets (profile                    cpu-paper's 32
+validation-full runs)         cpu-validation-full), each fold learning from the other 79,
+                              with every dataset's probe (``<study>-pretrained``)
 the world, LoRA label (cpu-   the same 12 datasets (profile cpu-validation), with the LoRA     (cpu-paper-lora's
 paper-lora + cpu-validation)  cpu-paper study's runs as the other 32                           32, not reported)
 synthetic (planted)           seeds 100-104                                                    seeds 0-2
@@ -37,6 +38,7 @@ WORLD_VALIDATION_LORA_HISTORY = REPO_ROOT / "results" / "cpu-validation" / "hist
 CPU_PAPER_HISTORY = REPO_ROOT / "results" / "cpu-paper" / "history"
 SYNTHETIC_SHAPE = {"n_models": 20, "n_datasets": 30}
 SYNTHETIC_VALIDATION_SEEDS = (100, 101, 102, 103, 104)
+SYNTHETIC_PROBE_NOISE = 0.5  # the validation histories' probe: the quality before fine-tuning tracks the label loosely
 SYNTHETIC_REPORTED_SEEDS = (0, 1, 2)
 
 Histories = dict[str, tuple[History, list[str]]]
@@ -49,11 +51,13 @@ def transfergraph_split(folder: str | Path = TRANSFERGRAPH_IMAGE) -> tuple[Histo
     return history, published, [d for d in history.datasets if d not in published]
 
 
-def validation_histories(include_world: bool = True) -> Histories:
-    """Every validation history with its validation targets (see the module docstring). The world's two need the
-    committed histories :data:`WORLD_VALIDATION_HISTORY` and :data:`WORLD_VALIDATION_LORA_HISTORY`, each written by
+def validation_histories(include_world: bool = True, probe: bool = False) -> Histories:
+    """Every validation history with its validation targets (see the module docstring); with ``probe``, the
+    synthetic ones carry a probe (noise :data:`SYNTHETIC_PROBE_NOISE`). The world's two need the committed histories
+    :data:`WORLD_VALIDATION_HISTORY` and :data:`WORLD_VALIDATION_LORA_HISTORY`, each written by
     :func:`mc_bench.study.build_combined_history` from the validation grid's and the cpu-paper grid's study folders
-    (e.g. ``build_combined_history(["results/cpu-validation-full", "results/cpu-paper"], WORLD_VALIDATION_HISTORY)``)."""
+    (e.g. ``build_combined_history(["results/cpu-validation-full", "results/cpu-paper"], WORLD_VALIDATION_HISTORY)``;
+    the probe comes from their ``-pretrained`` companions)."""
     out: Histories = {}
     if TRANSFERGRAPH_IMAGE.is_dir():
         history, _, validation = transfergraph_split()
@@ -63,7 +67,7 @@ def validation_histories(include_world: bool = True) -> Histories:
             history = load_history(folder)
             out[name] = (history, [d for d in history.datasets if d.startswith("val-")])
     for seed in SYNTHETIC_VALIDATION_SEEDS:
-        history = synthetic_history(**SYNTHETIC_SHAPE, seed=seed)
+        history = synthetic_history(**SYNTHETIC_SHAPE, seed=seed, probe_noise=SYNTHETIC_PROBE_NOISE if probe else None)
         out[f"synthetic-val-{seed}"] = (history, history.datasets)
     return out
 

@@ -15,9 +15,10 @@ Per new dataset with ``M`` candidates, full budget ``S`` steps, ``N`` samples pe
 method                      cost
 ==========================  ========================================================================================
 global-best                 0 (reads the history)
-M&C, history-weighted,      profile the dataset: ``profile_seconds``
-nearest-dataset
+M&C, history-weighted, ...  profile the dataset: ``profile_seconds`` (each selector pays for what the method registry
+                            says it needs: profile, probe, cheap probe)
 probe                       sample and evaluate every candidate as pretrained: ``M x N x (image + eval_image)``
+cheap probe                 the same with 16 samples per candidate
 M&C + probe                 probe + profile
 successive halving          ``M`` runs at the first rung's steps, then ``ceil(M / eta)`` at the next, ... to ``S``,
                             each run = its steps x ``step_seconds`` + sampling and evaluating ``N`` images
@@ -42,7 +43,8 @@ import pandas as pd
 from ..config import Profile
 from ..errors import InputError
 from ..select.halving import halving_schedule
-from .tables import RANKED_FIRST
+from ..select.methods import (CHEAP_PROBE, CHEAP_PROBE_SAMPLES, METHODS, PROBE, PROFILE, RANKED_FIRST,
+                              ranked_first_label)
 
 
 @dataclass(frozen=True)
@@ -88,38 +90,44 @@ def measured_rates(study_dir: str | Path, profile_dir: str | Path | None = None)
 
 def method_costs(profile: Profile, rates: Rates, n_models: int | None = None, rung_steps: tuple[int, ...] = (),
                  eta: float = 2) -> pd.DataFrame:
-    """Seconds and device-hours one new dataset costs each method under ``profile``'s settings (see the module
-    docstring). ``rung_steps`` are successive halving's lower rungs (the profile's ``train.steps`` is the last);
-    without them there is no halving row. Returns ``method``, ``seconds_per_dataset``, ``device_hours_per_dataset``,
+    """Seconds and device-hours one new dataset costs each registered method (:mod:`mc_bench.select.methods`) under
+    ``profile``'s settings (see the module docstring): a selector pays for what it needs (profile, probe, cheap
+    probe); ``rung_steps`` are successive halving's lower rungs (the profile's ``train.steps`` is the last); without
+    them there is no halving row. Returns ``method``, ``seconds_per_dataset``, ``device_hours_per_dataset``,
     ``cost_basis`` and the rates' fields."""
     m = n_models if n_models is not None else len(profile.models)
     full_steps = profile.train.steps
     n_samples = profile.generate.n_samples
     judge = n_samples * (rates.image_seconds + rates.eval_image_seconds)  # sample + evaluate one run
+    cheap = CHEAP_PROBE_SAMPLES * (rates.image_seconds + rates.eval_image_seconds)
     run = full_steps * rates.step_seconds + judge
-    profile_seconds = rates.profile_seconds
-    rows = [("global-best", 0.0, "reads the history"),
-            ("M&C", profile_seconds, "profile the dataset"),
-            ("history-weighted", profile_seconds, "profile the dataset"),
-            ("nearest-dataset", profile_seconds, "profile the dataset"),
-            ("probe", m * judge, f"{m} candidates x {n_samples} pretrained samples, evaluated"),
-            ("M&C + probe", m * judge + profile_seconds, "probe + profile"),
-            ("exhaustive fine-tuning", m * run,
-             f"{m} x ({full_steps} steps + {n_samples} samples, evaluated)")]
+    what = {PROFILE: (rates.profile_seconds, "profile the dataset"),
+            PROBE: (m * judge, f"{m} candidates x {n_samples} pretrained samples, evaluated"),
+            CHEAP_PROBE: (m * cheap, f"{m} candidates x {CHEAP_PROBE_SAMPLES} pretrained samples, evaluated")}
+
+    def choosing(method) -> tuple[float, list[str]]:
+        parts = [what[n] for n in (PROFILE, PROBE, CHEAP_PROBE) if n in method.needs]
+        return sum(p[0] for p in parts), [p[1] for p in parts] or ["reads the history"]
+
+    rows = []
+    for method in METHODS:
+        if method.make is not None and method.in_study:
+            seconds, basis = choosing(method)
+            rows.append((method.label, seconds, " + ".join(basis)))
     survivors = halving_schedule(m, [0, full_steps], eta)[1]
-    rows.append((f"probe-first halving (0→{full_steps} steps, eta {eta:g})", m * judge + survivors * run,
-                 f"probe {m} candidates, fine-tune the better {survivors}"))
-    for name in RANKED_FIRST:
-        ranking = 0.0 if name == "global-best" else profile_seconds
-        rows.append((f"{name}-first halving (top 1/{eta:g} fine-tuned)", ranking + survivors * run,
-                     f"{'profile, ' if ranking else ''}rank, fine-tune the top {survivors}"))
+    rows.append(("probe-first halving", m * judge + survivors * run,
+                 f"probe {m} candidates, fine-tune the better {survivors} ({full_steps} steps)"))
+    for method in RANKED_FIRST:
+        seconds, basis = choosing(method)
+        rows.append((ranked_first_label(method), seconds + survivors * run,
+                     " + ".join(basis) + f", fine-tune the top {survivors} ({full_steps} steps)"))
     budgets = sorted(set(rung_steps) | {full_steps})
     if len(budgets) > 1:
         counts = halving_schedule(m, budgets, eta)
         seconds = sum(c * (b * rates.step_seconds + judge) for b, c in zip(budgets, counts))
-        name = f"successive halving ({'→'.join(str(b) for b in budgets)} steps, eta {eta:g})"
-        rows.append((name, seconds, " + ".join(f"{c} x {b} steps" for b, c in zip(budgets, counts))
+        rows.append(("successive halving", seconds, " + ".join(f"{c} x {b} steps" for b, c in zip(budgets, counts))
                      + f", each sampled ({n_samples}) and evaluated"))
+    rows.append(("exhaustive fine-tuning", m * run, f"{m} x ({full_steps} steps + {n_samples} samples, evaluated)"))
     table = pd.DataFrame(rows, columns=["method", "seconds_per_dataset", "cost_basis"])
     table["device_hours_per_dataset"] = table["seconds_per_dataset"] / 3600.0
     for key, value in asdict(rates).items():

@@ -125,28 +125,85 @@ def topk_plot(summary, ax=None, ceiling: float | None = None):
     return ax
 
 
-FRONTIER_KINDS = (("runs nothing on the target", "tab:blue"), ("samples every pretrained candidate", "tab:orange"),
-                  ("fine-tunes some or all candidates", "tab:green"))
+def paired_plot(summary, axes=None, reference: str = "M&C"):
+    """Every method against ``reference``, paired by dataset: the mean difference in top-1 (left; right of 0 = finds
+    the best model more often) and in regret (right; left of 0 = loses less), with 95 % bootstrap intervals; a
+    grey point is not distinguishable from the reference (its interval holds 0)."""
+    import matplotlib.pyplot as plt
+
+    table = summary.dropna(subset=["top1_diff"]).reset_index(drop=True)
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(11, 0.32 * len(table) + 1.6), sharey=True)
+    y = np.arange(len(table))
+    colours = table["verdict"].map({"better": "tab:green", "worse": "tab:red"}).fillna("0.55")
+    for ax, col, title in ((axes[0], "top1_diff", "top-1 minus M&C's"), (axes[1], "regret_diff", "regret minus M&C's")):
+        lo = (table[col] - table[f"{col}_ci_low"]).to_numpy()
+        hi = (table[f"{col}_ci_high"] - table[col]).to_numpy()
+        ax.errorbar(table[col], y, xerr=[lo, hi], fmt="none", ecolor="0.7", capsize=2)
+        ax.scatter(table[col], y, c=colours, zorder=2)
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_title(title.replace("M&C", reference), fontsize=9)
+    for yi, (_, row) in zip(y, table.iterrows()):
+        axes[1].annotate(f"{row['wins']:.0f}-{row['losses']:.0f}", (1.0, yi), xycoords=("axes fraction", "data"),
+                         xytext=(4, -3), textcoords="offset points", fontsize=7)
+    axes[0].set_yticks(y, table["method"])
+    axes[0].invert_yaxis()
+    axes[1].set_xlabel("paired by dataset, 95 % bootstrap CI; green / red: better / worse than M&C; wins-losses")
+    return axes
 
 
-def method_kind(method: str) -> str:
-    """What a method runs on a new dataset, for the frontier's colours: nothing, the probe, or fine-tunes."""
-    if "halving" in method or method.startswith("exhaustive"):
-        return FRONTIER_KINDS[2][0]
-    return FRONTIER_KINDS[1][0] if "probe" in method else FRONTIER_KINDS[0][0]
+def headline(summary, ceiling=None, reference: str = "M&C") -> list[str]:
+    """The report's verdict in a few sentences, every number read from ``selection_summary.csv`` (and the label's
+    ``ceiling`` table when there is one): the reference's top-1 and regret, then every method that is
+    distinguishable from it (paired by dataset) and every one that is not, with what each costs."""
+    table = summary.set_index("method")
+    mc = table.loc[reference]
+    n = int(mc["n_datasets"])
+    lines = [f"{reference} ranks the best model first for {round(mc['top1'] * n)} of {n} held-out datasets (top-1 "
+             f"{mc['top1']:.3f}, 95 % CI {mc['top1_ci_low']:.2f}-{mc['top1_ci_high']:.2f}; the paper: 0.613 on its own "
+             f"grid), mean regret {mc['mean_regret']:.3f}, at {mc['seconds_per_dataset']:.1f} s per new dataset."]
+    if pd.notna(mc.get("shortlist_coverage")):
+        lines.append(f"Its {mc['shortlist_level']:.0%} conformal shortlist held the best model for "
+                     f"{mc['shortlist_coverage']:.3f} of the datasets with {mc['shortlist_size']:.1f} models on average.")
+    if "verdict" in table:
+        for verdict, words in (("better", "ahead of"), ("worse", "behind")):
+            rows = table[table["verdict"] == verdict]
+            if len(rows):
+                lines.append(f"Distinguishably {words} {reference} (paired by dataset, 95 % CI excludes 0): " + "; ".join(
+                    f"{m} (top-1 {r['top1']:.3f}, regret {r['mean_regret']:.3f}, {r['wins']:.0f} wins / "
+                    f"{r['losses']:.0f} losses, {r['seconds_per_dataset']:.1f} s)" for m, r in rows.iterrows()))
+        same = table[table["verdict"] == "not distinguishable"]
+        if len(same):
+            lines.append(f"Not distinguishable from {reference} on these datasets: {', '.join(same.index)}.")
+    if ceiling is not None:
+        lines.append(f"A second seed reproduces the winner for {ceiling.same_winner.mean():.3f} of the rerun datasets: "
+                     "the top-1 any selector can be expected to reach on this label.")
+    return lines
+
+
+TIER_COLOURS = {"free": "tab:gray", "profile only": "tab:blue", "cheap probe": "gold", "full probe": "tab:orange",
+                "fine-tune some": "tab:green", "fine-tune all": "darkgreen"}
+
+
+def method_tier(label: str) -> str:
+    """What a method costs a new dataset, from the method registry (:attr:`mc_bench.select.methods.Method.tier`):
+    the frontier's colours."""
+    from ..select.methods import method
+
+    return method(label).tier
 
 
 def frontier_plot(summary, axes=None):
     """The cost–accuracy frontier: every method's compute per new dataset (``seconds_per_dataset``, log scale)
     against its top-1 (left) and mean regret (right), with bootstrap intervals; methods on the frontier (no other
     method is both cheaper and better) are joined by a line. Points are numbered, cheapest first, and coloured by
-    what the method runs on the target (:func:`method_kind`); the key under the axes names them."""
+    what it costs a new dataset (:func:`method_tier`: profile only, cheap probe, full probe, fine-tune some or all);
+    the key under the axes names them."""
     import matplotlib.pyplot as plt
 
     table = summary.dropna(subset=["seconds_per_dataset"]).copy()
     table = table[table["seconds_per_dataset"] > 0].sort_values("seconds_per_dataset", kind="stable")
     table["number"] = np.arange(1, len(table) + 1)
-    colours = dict(FRONTIER_KINDS)
     if axes is None:
         _, axes = plt.subplots(1, 2, figsize=(11, 4.2 + 0.16 * ((len(table) + 1) // 2)))
     for ax, col, better in ((axes[0], "top1", "higher"), (axes[1], "mean_regret", "lower")):
@@ -155,7 +212,7 @@ def frontier_plot(summary, axes=None):
             lo = (table[col] - table[f"{col}_ci_low"]).fillna(0).to_numpy()
             hi = (table[f"{col}_ci_high"] - table[col]).fillna(0).to_numpy()
             ax.errorbar(x, y, yerr=[lo, hi], fmt="none", ecolor="0.75", capsize=2, zorder=1)
-        ax.scatter(x, y, c=[colours[method_kind(m)] for m in table["method"]], zorder=2)
+        ax.scatter(x, y, c=[TIER_COLOURS[method_tier(m)] for m in table["method"]], zorder=2)
         for xi, yi, number in zip(x, y, table["number"]):
             ax.annotate(str(number), (xi, yi), textcoords="offset points", xytext=(4, 3), fontsize=8)
         front, best = [], -np.inf
@@ -165,8 +222,8 @@ def frontier_plot(summary, axes=None):
                 front.append((xi, yi))
                 best = value
         ax.plot(*zip(*front), color="tab:red", linewidth=1, zorder=0, label="frontier")
-        for kind, colour in FRONTIER_KINDS:
-            ax.scatter([], [], color=colour, label=kind)
+        for tier in dict.fromkeys(method_tier(m) for m in table["method"]):
+            ax.scatter([], [], color=TIER_COLOURS[tier], label=tier)
         ax.set_xscale("log")
         ax.set_xlabel("compute per new dataset (seconds, CPU; log scale)")
         ax.set_ylabel(f"{col} ({better} is better)")

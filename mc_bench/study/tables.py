@@ -57,10 +57,7 @@ from ..errors import InputError
 from ..evaluate import DIRECTIONS, METRICS_FILE, quality_table
 from ..io import library_versions, write_json
 from ..profile import profile_datasets, write_profiles
-from ..select.choose import default_methods, leave_one_dataset_out, shortlist_coverage
-from ..select.halving import halving_evaluation, ranked_halving_evaluation
 from ..select.history import load_history
-from ..select.ranking import bootstrap_summary
 
 CELL_RECORD = "cell.json"
 
@@ -315,8 +312,9 @@ def write_history(folder: str | Path, performance: pd.DataFrame, profiles_dir: s
 def build_combined_history(study_dirs: list[str | Path], out: str | Path, manifests: str | Path | None = None,
                            label: str = "fid"):
     """One history from several studies' runs (e.g. cpu-paper + cpu-validation, on which the selection engine's
-    defaults are chosen): their ``performance.csv`` tables, and profiles of all their datasets and the models'
-    pretraining datasets made together into ``out/profiles``. Returns the :class:`History` written to ``out``."""
+    defaults are chosen): their ``performance.csv`` tables, profiles of all their datasets and the models'
+    pretraining datasets made together into ``out/profiles``, and — when every study has a ``<study>-pretrained``
+    companion — their probes. Returns the :class:`History` written to ``out``."""
     out = Path(out)
     m = load_manifests(manifests)
     performance = pd.concat([pd.read_csv(Path(d) / "performance.csv") for d in study_dirs], ignore_index=True)
@@ -324,12 +322,12 @@ def build_combined_history(study_dirs: list[str | Path], out: str | Path, manife
     models = sorted(performance["model"].unique())
     sources = pretraining_datasets(m, models, exclude=datasets)
     write_profiles(profile_datasets(m, datasets + sources), out / "profiles")
-    return write_history(out, performance, out / "profiles", m, label)
+    pretrained = [companion_study(d, "pretrained") for d in study_dirs]
+    probe = (pd.concat([probe_table(p, label) for p in pretrained], ignore_index=True)
+             if all(p is not None for p in pretrained) else None)
+    return write_history(out, performance, out / "profiles", m, label, probe=probe)
 
 
-# the selectors whose ranking also serves as a first rung (their top 1/eta fine-tuned): M&C and every cheap baseline
-# (none of them runs anything on the target), so the comparison is like for like
-RANKED_FIRST = ("M&C", "history-weighted", "nearest-dataset", "global-best")
 UNLEARNABLE_FID = 50.0  # a target whose best fine-tuned FID stays above this is flagged (tiny-CLIP feature units)
 
 
@@ -404,138 +402,3 @@ def label_ceiling(study_dir: str | Path, replicate_dir: str | Path, label: str =
                      "same_winner": best_first == best_second,
                      "spearman": float(spearmanr(pair["first"], pair["second"])[0]), "regret_of_seed0_winner": regret})
     return pd.DataFrame(rows)
-
-
-def selection_summary(lodo: pd.DataFrame, seed: int = 0, scores: pd.DataFrame | None = None,
-                      level: float = 0.9) -> pd.DataFrame:
-    """One row per method: ``top1`` (share of held-out datasets whose best model is ranked first), ``top3``
-    (the best model is among the first three), ``mean_regret`` (label lost by taking the first pick), each with
-    a 95 % bootstrap interval over datasets; with ``scores`` (leave_one_dataset_out(..., return_scores=True)),
-    the conformal shortlist's ``shortlist_coverage`` and mean ``shortlist_size`` at ``shortlist_level``."""
-    boot = bootstrap_summary(lodo, ["hit@1", "hit@3", "regret"], seed=seed)
-    names = {"hit@1": "top1", "hit@3": "top3", "regret": "mean_regret"}
-    rows = []
-    for method, group in boot.groupby("method", sort=False):
-        row = {"method": method}
-        for _, r in group.iterrows():
-            name = names[r["metric"]]
-            row[name] = r["mean"]
-            row[f"{name}_ci_low"], row[f"{name}_ci_high"] = r["ci_low"], r["ci_high"]
-        row["n_datasets"] = int(group["n_datasets"].max())
-        rows.append(row)
-    cols = ["method", "top1", "top3", "mean_regret"]
-    out = pd.DataFrame(rows)
-    if scores is not None and len(scores):
-        shortlist = shortlist_coverage(lodo, scores, level).drop(columns=["n_models"])
-        out = out.merge(shortlist, on="method", how="left")
-    return out[cols + [c for c in out.columns if c not in cols]]
-
-
-# ------------------------------------------------------------------------------------------------ choosing, with costs
-
-EXHAUSTIVE = "exhaustive fine-tuning"
-
-
-def selection_costs(methods: dict, lodo: pd.DataFrame, profile_seconds: float,
-                    probe_seconds: float | None = None) -> pd.DataFrame:
-    """The compute one new dataset costs each selector: profiling the dataset when the selector reads its features or
-    similarity (``uses_profile``), probing every candidate when it reads the probe (``uses_probe``), and its own fit
-    and rank time (mean ``seconds`` of its leave-one-dataset-out folds; the random baseline's expectation costs
-    nothing). Returns ``method``, ``seconds_per_dataset``, ``cost_basis`` (what was counted)."""
-    rows = []
-    for name, method in methods.items():
-        fit = lodo.loc[lodo["method"] == name, "seconds"].mean()
-        fit = 0.0 if getattr(method, "exact_expectation", False) or pd.isna(fit) else float(fit)
-        seconds, basis = fit, ["fit + rank"]
-        if method.uses_profile:
-            seconds += profile_seconds
-            basis.insert(0, "profile")
-        if method.uses_probe:
-            if probe_seconds is None:
-                continue
-            seconds += probe_seconds
-            basis.insert(0, "probe every candidate (sample + evaluate)")
-        rows.append({"method": name, "seconds_per_dataset": seconds, "cost_basis": " + ".join(basis)})
-    return pd.DataFrame(rows)
-
-
-def study_selection(study_dir: str | Path, methods: dict | None = None, n_jobs: int = 1, seed: int = 0,
-                    level: float = 0.9, eta: float = 2, out_dir: str | Path | None = None,
-                    history_dir: str | Path | None = None,
-                    timing_file: str | Path | None = None) -> dict[str, pd.DataFrame]:
-    """Judge every selector on the study's history leave-one-dataset-out, beside successive halving (from the
-    ``<study>-rung<steps>`` companions, with the study itself as the full budget; and, with a pretrained companion,
-    probe-first halving: the probe as rung 0, the better ``1/eta`` fine-tuned; and :data:`RANKED_FIRST`'s rankings
-    as rung 0, their top ``1/eta`` fine-tuned) and exhaustive fine-tuning,
-    and write ``selection/lodo.csv``, ``selection/scores.csv``, ``selection/halving.csv`` and
-    ``selection_summary.csv`` (with each method's ``seconds_per_dataset``: the cost–accuracy frontier).
-
-    ``methods`` defaults to :func:`~mc_bench.select.choose.default_methods`, with the probe baseline and M&C + probe
-    when the history has a probe (``<study>-pretrained``). The tables go to ``out_dir`` (the study itself by
-    default); the history and the profiles' ``timing.json`` are read from ``history_dir`` and ``timing_file`` (the
-    study's by default). Returns the tables by name."""
-    study_dir = Path(study_dir)
-    out_dir = Path(out_dir) if out_dir else study_dir
-    history = load_history(Path(history_dir) if history_dir else study_dir / "history")
-    methods = methods if methods is not None else default_methods(probe=history.probe is not None)
-    out = out_dir / "selection"
-    out.mkdir(parents=True, exist_ok=True)
-    lodo, scores = leave_one_dataset_out(history, methods, n_jobs=n_jobs, return_scores=True)
-    lodo.to_csv(out / "lodo.csv", index=False)
-    scores.to_csv(out / "scores.csv", index=False)
-
-    timing = json.loads(Path(timing_file or study_dir / "profiles" / "timing.json").read_text())
-    full = run_seconds(study_dir)
-    probe_seconds, probe_cells = None, None
-    pretrained = companion_study(study_dir, "pretrained")
-    if pretrained is not None:
-        probe_cells = run_seconds(pretrained)
-        probe_seconds = float(probe_cells.reindex(columns=history.datasets).sum(axis=0).mean())
-    costs = [selection_costs(methods, lodo, timing["seconds_per_dataset"], probe_seconds)]
-    selector_seconds = costs[0].set_index("method")["seconds_per_dataset"]
-
-    budget = int(pd.read_csv(study_dir / "runs.csv")["train_steps"].max())
-    truth = history.label_matrix()
-    halvings = []  # (per-dataset table, cost basis)
-    rungs = rung_studies(study_dir)
-    if rungs:
-        quality = {s: pd.read_csv(f / "performance.csv").pivot(index="model", columns="dataset", values=history.label)
-                   for s, f in rungs.items()}
-        seconds = {s: run_seconds(f) for s, f in rungs.items()}
-        halvings.append((halving_evaluation({**quality, budget: truth}, {**seconds, budget: full},
-                                            history.higher_is_better, eta=eta),
-                         "short fine-tunes of every candidate, the better 1/eta continue (each rung from the "
-                         "pretrained model)"))
-    if history.probe is not None and probe_cells is not None:  # rung 0 = the probe, the better 1/eta fine-tuned
-        halvings.append((halving_evaluation({0: history.probe, budget: truth}, {0: probe_cells, budget: full},
-                                            history.higher_is_better, eta=eta,
-                                            method=f"probe-first halving (0→{budget} steps, eta {eta:g})"),
-                         "the probe (every pretrained candidate sampled and evaluated), then the better 1/eta "
-                         "fine-tuned to the full budget"))
-    for name in RANKED_FIRST:  # a cheap ranker as the first rung: its top 1/eta fine-tuned, the best kept
-        if name in selector_seconds.index:
-            ranked = scores[scores["method"] == name].pivot(index="model", columns="dataset", values="score")
-            halvings.append((ranked_halving_evaluation(ranked, float(selector_seconds[name]), truth, full,
-                                                       history.higher_is_better, eta=eta, steps=budget,
-                                                       method=f"{name}-first halving (top 1/{eta:g} fine-tuned)"),
-                             f"{name} (leave-one-dataset-out), then its top 1/eta fine-tuned to the full budget"))
-    judged = [lodo]
-    for halving, basis in halvings:
-        judged.append(halving.drop(columns=["runs", "budgets"]))
-        costs.append(pd.DataFrame([{"method": halving["method"].iloc[0],
-                                    "seconds_per_dataset": float(halving["seconds"].mean()), "cost_basis": basis}]))
-    halving_table = pd.concat([h for h, _ in halvings], ignore_index=True) if halvings else None
-    if halving_table is not None:
-        halving_table.to_csv(out / "halving.csv", index=False)
-    summary = selection_summary(pd.concat(judged, ignore_index=True), seed=seed, scores=scores, level=level)
-    exhaustive = pd.DataFrame([{"method": EXHAUSTIVE, "n_datasets": len(history.datasets),
-                                **{f"{k}{s}": v for k, v in (("top1", 1.0), ("top3", 1.0), ("mean_regret", 0.0))
-                                   for s in ("", "_ci_low", "_ci_high")}}])
-    costs.append(pd.DataFrame([{"method": EXHAUSTIVE,
-                                "seconds_per_dataset": float(full.reindex(columns=history.datasets).sum(axis=0).mean()),
-                                "cost_basis": "fine-tune, sample and evaluate every candidate (defines the label)"}]))
-    summary = pd.concat([summary, exhaustive], ignore_index=True).merge(pd.concat(costs, ignore_index=True),
-                                                                       on="method", how="left")
-    summary.to_csv(out_dir / "selection_summary.csv", index=False)
-    return {"lodo": lodo, "scores": scores, "summary": summary,
-            **({"halving": halving_table} if halving_table is not None else {})}
