@@ -1,6 +1,6 @@
 """M&C and TransferGraph's own learners on TransferGraph's public fine-tuning records, beside its published results.
 
-    python benchmarks/transfergraph.py [FOLDER] [--out DIR] [--jobs N] [--seeds 0,1,2] [--ablations]
+    python benchmarks/transfergraph.py [FOLDER] [--out DIR] [--jobs N] [--seeds 0,1,2] [--diagnose] [--ablations]
 
 FOLDER (default: ../shared/external/transfergraph/image_classification) is a TransferGraph task folder: records.csv,
 model_config_dataset.csv, target_dataset_features.csv, corr_domain_similarity_*.csv and, when it has them,
@@ -18,6 +18,9 @@ the default folder, results/transfergraph-<folder name>/ otherwise):
 * ``learners.csv`` — per target, each reproduced learner's rel@1 and Pearson (mean, min and max over seeds) beside
   the published learner of the same name;
 * ``paired.csv`` — every method against M&C, paired by target (mc_bench.select.lodo.paired_comparison);
+* with ``--diagnose``, also the learners without embedding features, with a random vector per node instead of the
+  embedding, and on TransferGraph's directed graph (seed 0),
+  in ``comparison.csv`` and ``summary.csv``: where the reproduction departs from the published numbers;
 * with ``--ablations``: ``ablations.csv`` and ``ablations_summary.csv`` (mc_bench.select.ablations).
 
 The last line printed is ``rel@1=<mean> pearson=<mean>`` for M&C.
@@ -68,6 +71,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--seeds", default="0,1,2", help="embedding seeds of TransferGraph's learners")
     parser.add_argument("--ablations", action="store_true", help="also run M&C's ablations (a few minutes)")
+    parser.add_argument("--diagnose", action="store_true",
+                        help="also TransferGraph's learners without embeddings, with random vectors, on the directed graph")
     args = parser.parse_args()
     folder = Path(args.folder)
     default_out = "transfergraph" if folder.resolve() == DEFAULT_FOLDER.resolve() else f"transfergraph-{folder.name}"
@@ -95,6 +100,15 @@ def main() -> None:
         ours.append(leave_one_dataset_out(history, learners, targets=targets, ks=(1, 2, 3, 4, 5), n_jobs=args.jobs)
                     .assign(seed=seed))
         print(f"TransferGraph's learners, seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
+    if args.diagnose:  # where the reproduction departs: what the embedding adds, and the graph's direction
+        variants = {}
+        for name, learner in (("XGBoost", "xgb"), ("random forest", "rf"), ("linear regression", "lr")):
+            variants[f"TransferGraph ({name}, no embedding)"] = TransferGraph(learner=learner, embedding=None)
+            variants[f"TransferGraph ({name}, random vectors)"] = TransferGraph(learner=learner, embedding="random")
+            variants[f"TransferGraph ({name}, node2vec+, directed graph)"] = TransferGraph(learner=learner,
+                                                                                         directed=True)
+        ours.append(leave_one_dataset_out(history, variants, targets=targets, ks=(1, 2, 3, 4, 5), n_jobs=args.jobs)
+                    .assign(seed=0))
     ours = pd.concat(ours, ignore_index=True)
     print(f"leave-one-dataset-out: {time.perf_counter() - start:.1f} s")
 

@@ -135,3 +135,21 @@ def test_transfergraph_node2vec_walks_are_uniform_and_node2vec_plus_weighted():
     firsts = lambda weighted: [w[1] for w in Node2Vec(walk_length=2, num_walks=400, weighted=weighted)  # noqa: E731
                                .walks(g) if w[0] == "a"]
     assert firsts(True).count("b") > 0.95 * 400 and 0.35 < firsts(False).count("b") / 400 < 0.65
+
+
+def test_a_directed_walk_ends_where_the_edges_end():
+    import scipy.sparse as sp
+
+    from mc_bench.select.graph import Node2Vec, SparseGraph
+    from mc_bench.select.transfergraph import transfergraph_graph
+
+    chain = SparseGraph(["a", "b", "c"], sp.csr_matrix(np.array([[0, 1, 0], [0, 0, 1], [0, 0, 0.0]])))
+    walks = Node2Vec(walk_length=5, num_walks=2).walks(chain)
+    assert walks[:3] == [["a", "b", "c"], ["b", "c"], ["c"]]
+    h = synthetic_history(n_models=5, n_datasets=5, seed=1)
+    graph = transfergraph_graph(h, directed=True)
+    adjacency = graph.adjacency.toarray()
+    n_models = len(h.models)
+    assert not adjacency[n_models:, :n_models].any()  # no edge from a dataset back to a model
+    assert not np.tril(adjacency[n_models:, n_models:]).any()  # datasets: earlier -> later only
+    assert TransferGraph(directed=True).fit(h.without_runs("d000")).predict("d000").notna().all()

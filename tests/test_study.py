@@ -225,23 +225,29 @@ def test_pretrained_and_rung_companions_feed_gains_probe_and_halving(tmp_path):
     assert runs["train_steps"].eq(0).all() and len(runs) == 6
     assert not (pretrained / "losses.parquet").exists() or pd.read_parquet(pretrained / "losses.parquet").empty
     run("smoke-rung5", "--grid-only")
+    run("smoke-probe16", "--grid-only")
     run("smoke")
     study = tmp_path / "study"
     history = yaml.safe_load((study / "history" / "history.yaml").read_text())
     assert history["probe"] == "probe.csv"
     summary = pd.read_csv(study / "selection_summary.csv").set_index("method")
-    assert {"probe", "M&C + probe", "exhaustive fine-tuning"} <= set(summary.index)
+    assert {"probe", "M&C + probe", "cheap probe", "M&C + cheap probe", "exhaustive fine-tuning"} <= set(summary.index)
     halving = [m for m in summary.index if m.startswith("successive halving")]
-    assert halving == ["successive halving (5→20 steps, eta 2)"]
+    assert halving == ["successive halving"]
+    assert summary.loc["cheap probe", "tier"] == "cheap probe" and summary.loc["M&C", "tier"] == "profile only"
+    assert summary.drop(index="M&C")["verdict"].notna().all() and pd.isna(summary.loc["M&C", "verdict"])
+    agreement = pd.read_csv(study / "selection" / "probe_agreement.csv")
+    assert len(agreement) == 3 and agreement["spearman"].between(-1, 1).all()
     assert summary["seconds_per_dataset"].notna().all()
     cost = summary["seconds_per_dataset"]
     assert cost["M&C + probe"] > cost["probe"] > 0 and cost["M&C + probe"] > cost["M&C"]
+    assert cost["probe"] > cost["cheap probe"] > 0  # 8 samples per candidate instead of 16
     assert summary.loc["exhaustive fine-tuning", "top1"] == 1.0
-    assert "probe-first halving (0→20 steps, eta 2)" in summary.index
+    assert "probe-first halving" in summary.index
     both = pd.read_csv(study / "selection" / "halving.csv")
-    ranked = both[both["method"] == "M&C-first halving (top 1/2 fine-tuned)"]
+    ranked = both[both["method"] == "M&C-first halving"]
     assert len(ranked) == 3 and ranked["runs"].eq(1).all()  # M&C's top 1 of 2 fine-tuned on each dataset
-    assert "nearest-dataset-first halving (top 1/2 fine-tuned)" in summary.index
+    assert "nearest-dataset-first halving" in summary.index
     first = both[both["method"].str.startswith("probe-first")]
     assert first["budgets"].eq("2@0→1@20").all() and first["runs"].eq(3).all()
     per_dataset = both[both["method"].str.startswith("successive halving")]

@@ -52,7 +52,7 @@ class SparseGraph:
         return cls(nodes, sp.csr_matrix(adjacency))
 
 
-def _matching_edge_index(history: History, edge_threshold: float, data_knn: int | None,
+def matching_edge_index(history: History, edge_threshold: float, data_knn: int | None,
                          data_threshold: float | None):
     """Nodes ``(name, kind)`` and edges as integer arrays ``(u, v, weight, kind)`` into the node list."""
     sim = history.dataset_similarity()
@@ -102,7 +102,7 @@ def matching_edges(history: History, edge_threshold: float = 0.5, data_knn: int 
                    data_threshold: float | None = None) -> tuple[list[tuple[str, str]], pd.DataFrame]:
     """The matching graph's nodes ``(name, kind)`` and edges (``u, v, weight, kind``): the one definition that both
     :func:`build_matching_graph` and :func:`matching_sparse_graph` use (see the module docstring)."""
-    nodes, u, v, w, kind = _matching_edge_index(history, edge_threshold, data_knn, data_threshold)
+    nodes, u, v, w, kind = matching_edge_index(history, edge_threshold, data_knn, data_threshold)
     names = [n for n, _ in nodes]
     return nodes, pd.DataFrame({"u": [names[i] for i in u], "v": [names[i] for i in v], "weight": w,
                                 "kind": [EDGE_KINDS[k] for k in kind]})
@@ -127,7 +127,7 @@ def build_matching_graph(history: History, edge_threshold: float = 0.5, data_knn
 def matching_sparse_graph(history: History, edge_threshold: float = 0.5, data_knn: int | None = 5,
                           data_threshold: float | None = None) -> SparseGraph:
     """The same graph as :func:`build_matching_graph`, as a :class:`SparseGraph` (no networkx objects)."""
-    nodes, u, v, w, _ = _matching_edge_index(history, edge_threshold, data_knn, data_threshold)
+    nodes, u, v, w, _ = matching_edge_index(history, edge_threshold, data_knn, data_threshold)
     n = len(nodes)
     adjacency = sp.coo_matrix((np.concatenate([w, w]), (np.concatenate([u, v]), np.concatenate([v, u]))),
                               shape=(n, n)).tocsr()
@@ -213,6 +213,7 @@ class Node2Vec(BaseEstimator):
         alive = has_edges[starts]
         max_bias = max(1.0 / self.p, 1.0, 1.0 / self.q)
         for step in range(1, self.walk_length):
+            alive &= has_edges[np.maximum(paths[:, step - 1], 0)]  # a walk ends at a node without out-edges
             idx = np.flatnonzero(alive)
             cur = paths[idx, step - 1]
             nxt = csr.sample_neighbours(cur, rng)

@@ -174,7 +174,7 @@ class MatchAndChoose(Selector):
         local = collaborative_scores(values, s, self.local_bandwidth)
         nearest = collaborative_scores(values, s, 0)
         out.update(local=with_fallback(local, overall), nearest=with_fallback(nearest, overall),
-                   raw_local=local, raw_nearest=nearest, raw_global=overall)
+                   raw_local=local, raw_nearest=nearest)
         return out
 
     # -- the booster -----------------------------------------------------------------------------------

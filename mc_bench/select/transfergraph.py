@@ -21,7 +21,7 @@ regressor of a model's (normalised) accuracy after fine-tuning on the pair's fea
   trees of depth 5, ``sqrt`` features, seed 18) and linear regression.
 
 Where the kit departs from the published code (each measured in ``benchmarks/transfergraph.py``): the graph is
-undirected (theirs is directed, model → dataset → later dataset); the embedding is gensim's skip-gram, seeded
+undirected by default (theirs is directed, model → dataset → later dataset: ``directed=True``); the embedding is gensim's skip-gram, seeded
 (theirs is a PyTorch skip-gram, unseeded: each published number is one draw); categorical features get the same codes
 in training and test rows (theirs are label-encoded separately); the fine-tuning run's own ``train_runtime`` is not
 a feature (for the target it is known only after fine-tuning); repeated runs of a pair are averaged (theirs are
@@ -34,10 +34,12 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 from sklearn.base import clone
 
 from .base import FEATURE_DECIMALS, Selector
-from .graph import Node2Vec, dataset_node, matching_sparse_graph, model_node
+from .graph import (EDGE_KINDS, Node2Vec, SparseGraph, dataset_node, matching_edge_index, matching_sparse_graph,
+                    model_node)
 from .history import History
 from .mc import pretrain_similarity
 
@@ -50,6 +52,19 @@ def transfergraph_embedding(embedding: str = "node2vec+", seed: int = 0) -> Node
         raise ValueError(f"embedding must be one of {list(EMBEDDINGS)}, not {embedding!r}")
     return Node2Vec(dimensions=128, walk_length=10, num_walks=10, window=10, epochs=50, negative=1,
                     weighted=EMBEDDINGS[embedding], seed=seed)
+
+
+def transfergraph_graph(history: History, directed: bool = False) -> SparseGraph:
+    """TransferGraph's graph of a history: performance edges above 0.5 (normalised), pretraining edges, and every
+    pair of datasets linked by their similarity; ``directed``: model → dataset and earlier → later dataset only, as
+    its code builds it (walks then never return from a dataset to a model)."""
+    if not directed:
+        return matching_sparse_graph(history, edge_threshold=0.5, data_knn=None, data_threshold=0.0)
+    nodes, u, v, w, kind = matching_edge_index(history, 0.5, None, 0.0)
+    similarity = kind == EDGE_KINDS.index("similarity")
+    tail, head = np.where(similarity, np.minimum(u, v), u), np.where(similarity, np.maximum(u, v), v)
+    adjacency = sp.coo_matrix((w, (tail, head)), shape=(len(nodes), len(nodes))).tocsr()
+    return SparseGraph([name for name, _ in nodes], adjacency)
 
 
 def regressor(learner: str, random_state: int = 18):
@@ -84,15 +99,22 @@ class TransferGraph(Selector):
     Parameters
     ----------
     learner : "xgb", "rf" or "lr"
-    embedding : "node2vec+" or "node2vec"
+    embedding : "node2vec+", "node2vec", "random" or None
+        None: no embedding coordinates among the features; "random": a seeded Gaussian vector per node, which only
+        tells the nodes apart (both measure what the learned embedding adds).
+    directed : bool
+        Walk the graph as TransferGraph's code builds it — model → dataset, and between datasets from the earlier to
+        the later one only — instead of the undirected matching graph.
     seed : int
         The embedding's seed (walks and skip-gram); the regressors keep TransferGraph's seed 18.
     """
 
     def __init__(self, learner: Literal["xgb", "rf", "lr"] = "xgb",
-                 embedding: Literal["node2vec+", "node2vec"] = "node2vec+", seed: int = 0):
+                 embedding: Literal["node2vec+", "node2vec", "random"] | None = "node2vec+", directed: bool = False,
+                 seed: int = 0):
         self.learner = learner
         self.embedding = embedding
+        self.directed = directed
         self.seed = seed
 
     def _features(self, targets: list[str]) -> pd.DataFrame:
@@ -105,10 +127,12 @@ class TransferGraph(Selector):
         blocks = [mf.add_prefix("m_").iloc[np.tile(np.arange(n_m), n_t)].reset_index(drop=True),
                   history.dataset_features.reindex(targets).add_prefix("d_").iloc[np.repeat(np.arange(n_t), n_m)]
                   .reset_index(drop=True)]
-        me = emb.reindex([model_node(m) for m in models]).to_numpy()
-        de = emb.reindex([dataset_node(d) for d in targets]).to_numpy()
-        coords = {f"me_{i}": np.tile(me[:, i], n_t) for i in range(me.shape[1])}
-        coords.update({f"de_{i}": np.repeat(de[:, i], n_m) for i in range(de.shape[1])})
+        coords = {}
+        if emb is not None:
+            me = emb.reindex([model_node(m) for m in models]).to_numpy()
+            de = emb.reindex([dataset_node(d) for d in targets]).to_numpy()
+            coords.update({f"me_{i}": np.tile(me[:, i], n_t) for i in range(me.shape[1])})
+            coords.update({f"de_{i}": np.repeat(de[:, i], n_m) for i in range(de.shape[1])})
         coords["pretrain_similarity"] = pretrain_similarity(history, models, targets)
         x = pd.concat(blocks + [pd.DataFrame(coords)], axis=1)
         for col in x.columns:  # categories as their codes, the same in training and test rows
@@ -123,8 +147,14 @@ class TransferGraph(Selector):
 
     def fit(self, history: History) -> "TransferGraph":
         self.history_ = history
-        graph = matching_sparse_graph(history, edge_threshold=0.5, data_knn=None, data_threshold=0.0)
-        self.embeddings_ = clone(transfergraph_embedding(self.embedding, self.seed)).fit(graph).embeddings_
+        self.embeddings_ = None
+        if self.embedding == "random":
+            nodes = transfergraph_graph(history).nodes
+            values = np.random.default_rng(self.seed).normal(size=(len(nodes), 128))
+            self.embeddings_ = pd.DataFrame(values, index=nodes, columns=[f"e{i}" for i in range(128)])
+        elif self.embedding is not None:
+            graph = transfergraph_graph(history, self.directed)
+            self.embeddings_ = clone(transfergraph_embedding(self.embedding, self.seed)).fit(graph).embeddings_
         norm = history.normalised()
         x = self._features(list(norm.columns))
         y = norm.reindex(history.models).to_numpy(dtype=float).T.reshape(-1)

@@ -2,7 +2,8 @@
 what each costs per new dataset and how each compares with M&C, paired by dataset.
 
 :func:`study_selection` writes ``selection/lodo.csv``, ``selection/scores.csv``, ``selection/halving.csv``,
-``selection/paired.csv`` and ``selection_summary.csv`` (schema in :mod:`mc_bench.study.tables`). The methods come from
+``selection/paired.csv``, ``selection/probe_agreement.csv`` (with a cheap probe) and ``selection_summary.csv`` (schema
+in :mod:`mc_bench.study.tables`). The methods come from
 the registry (:mod:`mc_bench.select.methods`): those whose needs the study can meet — the probe with a
 ``<study>-pretrained`` companion, the cheap probe with a ``<study>-probe16`` companion (16 samples per candidate).
 """
@@ -136,6 +137,25 @@ def halving_tables(study_dir: Path, history: History, scores: pd.DataFrame, cost
     return out
 
 
+def probe_agreement(full: pd.DataFrame, cheap: pd.DataFrame, higher_is_better: bool) -> pd.DataFrame:
+    """How well the cheap probe stands in for the full one, per dataset (model × dataset tables of the label): the
+    Spearman correlation of the candidates' two probe values, whether both pick the same best pretrained model, and
+    where the full probe's pick ranks under the cheap one."""
+    from scipy.stats import spearmanr
+
+    rows = []
+    for dataset in [d for d in full.columns if d in cheap.columns]:
+        pair = pd.concat([full[dataset], cheap[dataset]], axis=1, keys=["full", "cheap"]).dropna()
+        if len(pair) < 2:
+            continue
+        good = pair if higher_is_better else -pair
+        rank_in_cheap = good["cheap"].rank(ascending=False, method="min")
+        rows.append({"dataset": dataset, "n_models": len(pair), "spearman": float(spearmanr(pair["full"], pair["cheap"])[0]),
+                     "same_best": bool(good["full"].idxmax() == good["cheap"].idxmax()),
+                     "full_best_rank_in_cheap": int(rank_in_cheap[good["full"].idxmax()])})
+    return pd.DataFrame(rows)
+
+
 def study_selection(study_dir: str | Path, n_jobs: int = 1, seed: int = 0, level: float = 0.9, eta: float = 2,
                     out_dir: str | Path | None = None, history_dir: str | Path | None = None,
                     timing_file: str | Path | None = None) -> dict[str, pd.DataFrame]:
@@ -164,17 +184,18 @@ def study_selection(study_dir: str | Path, n_jobs: int = 1, seed: int = 0, level
                                     "seconds_per_dataset": float(halving["seconds"].mean()), "cost_basis": basis}]))
     if halvings:
         pd.concat([h for h, _ in halvings], ignore_index=True).to_csv(out / "halving.csv", index=False)
+    exhaustive = method("exhaustive")  # it defines the label: every dataset's best model, at no regret
+    judged.append(pd.DataFrame({"method": exhaustive.label, "dataset": history.datasets, "hit@1": 1.0, "hit@3": 1.0,
+                                "regret": 0.0}))
     judged = pd.concat(judged, ignore_index=True)
+    if PROBE in histories and CHEAP_PROBE in histories:
+        probe_agreement(histories[PROBE].probe, histories[CHEAP_PROBE].probe, history.higher_is_better).to_csv(
+            out / "probe_agreement.csv", index=False)
     paired = paired_comparison(judged, REFERENCE, seed=seed)
     paired.to_csv(out / "paired.csv", index=False)
 
     summary = selection_summary(judged, seed=seed, scores=scores, level=level)
-    exhaustive = method("exhaustive")
     full = run_seconds(study_dir)
-    summary = pd.concat([summary, pd.DataFrame([{
-        "method": exhaustive.label, "n_datasets": len(history.datasets),
-        **{f"{k}{s}": v for k, v in (("top1", 1.0), ("top3", 1.0), ("mean_regret", 0.0))
-           for s in ("", "_ci_low", "_ci_high")}}])], ignore_index=True)
     costs.append(pd.DataFrame([{"method": exhaustive.label,
                                 "seconds_per_dataset": float(full.reindex(columns=history.datasets).sum(axis=0).mean()),
                                 "cost_basis": exhaustive.description}]))

@@ -26,16 +26,22 @@ The study folder (schema)::
                                (learnability: the best fine-tuned FID under UNLEARNABLE_FID)
     selection/                 lodo.csv (per method x dataset), scores.csv (per method x dataset x model),
                                halving.csv (successive, probe-first and ranker-first halving per dataset: method,
-                               dataset, the ranking metrics, seconds, runs, budgets), ceiling.csv (label_ceiling),
-                               ablations.csv
-    selection_summary.csv      method, top1, top3, mean_regret (+ CIs), shortlist_coverage, shortlist_size,
-                               seconds_per_dataset (the compute one new dataset costs the method), cost_basis
+                               dataset, the ranking metrics, seconds, runs, budgets), paired.csv (every method
+                               against M&C, paired by dataset: mc_bench.select.lodo.paired_comparison),
+                               probe_agreement.csv (with a cheap probe: dataset, n_models, spearman, same_best,
+                               full_best_rank_in_cheap), ceiling.csv (label_ceiling), ablations.csv
+    selection_summary.csv      method, top1, top3, mean_regret (+ CIs), n_datasets, shortlist_level,
+                               shortlist_coverage, shortlist_size, seconds_per_dataset (the compute one new dataset
+                               costs the method), cost_basis, kind and tier (from mc_bench.select.methods), and the
+                               paired comparison with M&C: top1_diff, regret_diff (+ CIs), wins, losses, ties,
+                               verdict (better / worse / not distinguishable)
     figures/                   frontier.png, gains.png (06_report; the README shows them)
     notebooks/                 the executed 01, 04, 05, 06 notebooks
     report.html                06_report exported
 
 Companion studies sit beside the study and share its grid: ``<study>-pretrained`` (``train.steps: 0``: the
-pretrained models' samples, the probe and the quality before fine-tuning), ``<study>-rung<steps>`` (short
+pretrained models' samples, the probe and the quality before fine-tuning), ``<study>-probe16`` (the same with 16
+samples per cell: the cheap probe), ``<study>-rung<steps>`` (short
 fine-tunes: successive halving's lower rungs) and ``<study>-replicate`` (another seed: the label's ceiling).
 A notebook run by hand on a study writes these tables to ``results/scratch/<study>/`` instead (:mod:`.folders`).
 
