@@ -235,9 +235,12 @@ def choose_cmd(args) -> int:
     nearest = (sim.loc[dataset].drop(dataset).loc[lambda s: s.index.isin(history.datasets)]
                .sort_values(ascending=False).head(5)) if sim is not None and dataset in sim.index else None
     seconds = time.perf_counter() - start
+    weights = {k: round(v, 4) for k, v in getattr(method, "weights_", {}).items()}  # M&C: what its blend listens to
+    dropped = history.summary()["dropped_runs"]
     if args.json:
-        print(json.dumps({"dataset": dataset, "held_out": held_out, "n_images": n_images,
-                          "ranking": ranked.head(args.top).to_dict(orient="records"),
+        print(json.dumps({"dataset": dataset, "method": chosen.id, "held_out": held_out, "n_images": n_images,
+                          "ranking": ranked.head(args.top).to_dict(orient="records"), "learner_weights": weights,
+                          "dropped_runs": dropped,
                           "shortlist": {"level": args.level, "models": shortlist, "threshold": threshold,
                                         "calibration": calibration} if args.level else None,
                           "nearest_datasets": [] if nearest is None else
@@ -256,6 +259,12 @@ def choose_cmd(args) -> int:
         print(f"\nshortlist ({100 * args.level:.0f} % conformal, {calibration}): {', '.join(shortlist)}")
     if nearest is not None:
         print("nearest known datasets: " + ", ".join(f"{d} ({v:.3f})" for d, v in nearest.items()))
+    if weights:
+        total = sum(weights.values()) or 1.0
+        print("the blend's learners (stacking weights, learned on the history): "
+              + ", ".join(f"{k} {v / total:.2f}" for k, v in sorted(weights.items(), key=lambda kv: -kv[1])))
+    if dropped:
+        print(f"{dropped} failed runs of the history (no finite {history.label}) were left out")
     print(f"{seconds:.1f} s")
     return 0
 

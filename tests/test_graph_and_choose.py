@@ -150,7 +150,8 @@ def test_cli_choose(tmp_path):
         "dataset_features": "datasets.csv"}))
     cmd = [sys.executable, "-m", "mc_bench", "choose", str(tmp_path), "--top", "3", "--json"]
     out = json.loads(subprocess.run(cmd + ["--dataset", "d002"], capture_output=True, text=True, check=True).stdout)
-    assert out["held_out"] and [r["rank"] for r in out["ranking"]] == [1, 2, 3]
+    assert out["held_out"] and [r["rank"] for r in out["ranking"]] == [1, 2, 3] and out["method"] == "mc"
+    assert set(out["learner_weights"]) == {"global", "local", "nearest", "booster"} and out["dropped_runs"] == 0
     assert len(out["nearest_datasets"]) == 4 and "d002" not in [n["dataset"] for n in out["nearest_datasets"]]
     # 4 calibration datasets cannot give 90 % (ceil(5 * 0.9) = 5 > 4): every model is in the shortlist
     assert out["shortlist"]["level"] == 0.9 and len(out["shortlist"]["models"]) == 6
@@ -162,6 +163,9 @@ def test_cli_choose(tmp_path):
     out = json.loads(subprocess.run(cmd + ["--new-dataset", str(tmp_path / "new.json")], capture_output=True,
                                     text=True, check=True).stdout)
     assert out["dataset"] == "fresh" and not out["held_out"] and len(out["ranking"]) == 3
+    other = json.loads(subprocess.run(cmd + ["--dataset", "d002", "--method", "nearest-dataset", "--level", "0"],
+                                      capture_output=True, text=True, check=True).stdout)
+    assert other["method"] == "nearest-dataset" and other["learner_weights"] == {} and other["shortlist"] is None
     bad = subprocess.run(cmd + ["--dataset", "nope"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown dataset 'nope'" in bad.stderr and "Fix:" in bad.stderr
 

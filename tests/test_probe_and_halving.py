@@ -63,7 +63,6 @@ def test_default_methods_with_probe():
     names = list(default_methods(probe=True))
     assert names[:2] == ["M&C", "M&C + probe"] and {"probe", "probe + gain"} <= set(names)
     assert "probe" not in default_methods() and "M&C + cheap probe" not in names
-    assert "M&C + cheap probe" in default_methods(probe=True, cheap_probe=True)
 
 
 def test_probe_table_errors_and_loading(tmp_path):

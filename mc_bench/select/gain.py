@@ -61,15 +61,16 @@ class GainModel(BaseEstimator):
 
             raise HistoryError(f"{history.source}: probe", "the gain model needs a probe table",
                                "name a probe table in history.yaml (a study's <study>-pretrained companion)")
-        self.history_ = history
-        label = history.label_matrix()
-        probe = history.probe.reindex(index=label.index, columns=label.columns)
-        positive = bool((label.stack() > 0).all() and (history.probe.stack() > 0).all())
         if self.transform not in ("auto", "log", "identity"):
             raise ValueError(f"transform must be 'auto', 'log' or 'identity', not {self.transform!r}")
+        label = history.label_matrix()
+        probe = history.probe.reindex(index=label.index, columns=label.columns)
+        values = np.concatenate([label.to_numpy(dtype=float).ravel(), history.probe.to_numpy(dtype=float).ravel()])
+        positive = bool((values[np.isfinite(values)] > 0).all())  # missing runs and probes do not count
         self.log_ = self.transform == "log" or (self.transform == "auto" and positive)
         gain = self._t(label) - self._t(probe)
         self.gain_ = gain.loc[:, gain.notna().any(axis=0)]
+        self.history_ = history
         return self
 
     def _t(self, values):
@@ -106,8 +107,8 @@ class ProbeGain(Selector):
         self.bandwidth = bandwidth
 
     def fit(self, history: History) -> "ProbeGain":
-        self.history_ = history
         self.model_ = GainModel(bandwidth=self.bandwidth).fit(history)
+        self.history_ = history
         return self
 
     def predict(self, dataset: str) -> pd.Series:

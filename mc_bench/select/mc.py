@@ -249,7 +249,7 @@ class MatchAndChoose(Selector):
     def _inner_folds(self, datasets: list[str]) -> list[list[str]]:
         k = max(2, min(self.inner_folds, len(datasets)))
         order = np.random.default_rng(self.random_state).permutation(len(datasets))
-        return [sorted(datasets[i] for i in order[f::k]) for f in range(k)]
+        return [fold for fold in (sorted(datasets[i] for i in order[f::k]) for f in range(k)) if fold]
 
     def _out_of_fold(self, history: History, state: dict) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
         """Each learner's out-of-fold scores of the training datasets' pairs with a result, the pairs' normalised
@@ -289,8 +289,6 @@ class MatchAndChoose(Selector):
         names = self._active_learners()
         if self.blend == "equal" or len(names) == 1:
             return {n: 1.0 / len(names) for n in names}
-        if self.blend != "nnls":
-            raise ValueError(f"blend must be 'nnls' or 'equal', not {self.blend!r}")
         scores, y, groups = self._out_of_fold(history, state)
         a = np.column_stack([self._centred(scores[n], groups) for n in names])
         b = self._centred(y, groups)
@@ -303,7 +301,8 @@ class MatchAndChoose(Selector):
     # -- estimator API ---------------------------------------------------------------------------------
 
     def fit(self, history: History) -> "MatchAndChoose":
-        self.history_ = history
+        if self.blend not in ("nnls", "equal"):
+            raise ValueError(f"blend must be 'nnls' or 'equal', not {self.blend!r}")
         if self.probe and history.probe is None:
             from ..errors import HistoryError
 
@@ -311,6 +310,7 @@ class MatchAndChoose(Selector):
                                "name a probe table in history.yaml (a study's <study>-pretrained companion)")
         self.state_ = self._fit_state(history)
         self.weights_ = self._stacking_weights(history, self.state_)
+        self.history_ = history
         return self
 
     def predict(self, dataset: str) -> pd.Series:

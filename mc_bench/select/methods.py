@@ -118,12 +118,10 @@ def method(key: str) -> Method:
     raise ValueError(f"unknown method {key!r}; known: {', '.join(m.id for m in METHODS)}")
 
 
-def default_methods(probe: bool = False, cheap_probe: bool = False) -> dict[str, Selector]:
+def default_methods(probe: bool = False) -> dict[str, Selector]:
     """A study's selectors by label: M&C and every baseline a practitioner would use, TransferGraph's XGBoost on
-    node2vec+; with ``probe`` (a history with a probe table) the probe-tier methods, and with ``cheap_probe`` those
-    reading the cheap probe (each evaluated on a history whose probe is the cheap one)."""
+    node2vec+, and with ``probe`` (a history with a probe table) the probe-tier methods that read it. (The cheap
+    probe's methods read another probe table: :func:`mc_bench.study.selection.study_histories` gives them theirs.)"""
     have = {PROFILE, PROBE} if probe else {PROFILE}
-    if cheap_probe:
-        have.add(CHEAP_PROBE)
     return {m.label: m.make() for m in METHODS
             if m.make is not None and m.in_study and set(m.needs) <= have}

@@ -96,8 +96,12 @@ def judge_methods(histories: dict[str, History], n_jobs: int = 1) -> tuple[pd.Da
     for probe, history in histories.items():
         methods = {m.label: m.make() for m in METHODS if m.make is not None and m.in_study
                    and m.probe_table == probe}
-        if methods:
-            lodo, scores = leave_one_dataset_out(history, methods, n_jobs=n_jobs, return_scores=True)
+        # a probe tier ranks the datasets its probe covers (a partial companion grid leaves some out)
+        targets = history.datasets if probe is None else [d for d in history.datasets if d in history.probe.columns
+                                                          and history.probe[d].notna().any()]
+        if methods and targets:
+            lodo, scores = leave_one_dataset_out(history, methods, targets=targets, n_jobs=n_jobs,
+                                                 return_scores=True)
             frames.append(lodo)
             score_frames.append(scores)
     return pd.concat(frames, ignore_index=True), pd.concat(score_frames, ignore_index=True)
@@ -174,9 +178,11 @@ def study_selection(study_dir: str | Path, n_jobs: int = 1, seed: int = 0, level
     scores.to_csv(out / "scores.csv", index=False)
 
     timing = json.loads(Path(timing_file or study_dir / "profiles" / "timing.json").read_text())
-    probe_seconds = {p: float(t.reindex(columns=history.datasets).sum(axis=0).mean()) for p, t in probes.items()}
+    probe_seconds = {p: float(t.reindex(columns=history.datasets).sum(axis=0, min_count=1).mean())
+                     for p, t in probes.items()}
     costs = [selection_costs(lodo, timing["seconds_per_dataset"], probe_seconds)]
     halvings = halving_tables(study_dir, history, scores, costs[0], probes, eta)
+    halvings = [(h, basis) for h, basis in halvings if len(h)]  # a companion sharing no dataset judges nothing
     judged = [lodo]
     for halving, basis in halvings:
         judged.append(halving.drop(columns=["runs", "budgets"]))
@@ -197,7 +203,8 @@ def study_selection(study_dir: str | Path, n_jobs: int = 1, seed: int = 0, level
     summary = selection_summary(judged, seed=seed, scores=scores, level=level)
     full = run_seconds(study_dir)
     costs.append(pd.DataFrame([{"method": exhaustive.label,
-                                "seconds_per_dataset": float(full.reindex(columns=history.datasets).sum(axis=0).mean()),
+                                "seconds_per_dataset": float(full.reindex(columns=history.datasets)
+                                                             .sum(axis=0, min_count=1).mean()),
                                 "cost_basis": exhaustive.description}]))
     summary = summary.merge(pd.concat(costs, ignore_index=True), on="method", how="left")
     registry = pd.DataFrame([{"method": name, "kind": method(name).kind, "tier": method(name).tier}
