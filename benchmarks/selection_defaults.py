@@ -1,7 +1,7 @@
 """How M&C's defaults were chosen: every candidate configuration, leave-one-dataset-out on validation histories only,
 each compared with the default paired by dataset.
 
-    python benchmarks/selection_defaults.py [--jobs 2] [--out results/selection] [--only NAME,...]
+    python benchmarks/selection_defaults.py [--tier profile|probe] [--jobs 2] [--out results/selection] [--only NAME,...]
 
 Validation histories (``mc_bench.select.validation.validation_histories``; none of their targets is ever reported):
 
@@ -19,9 +19,12 @@ interval of the top-1 or regret difference excludes 0 in its favour, the other n
 ``worse`` on the synthetic ones; among several, the lowest pooled mean regret. Otherwise the default stays: a
 difference the validation datasets cannot resolve is not a reason to change.
 
-Writes ``validation.csv`` (method × history × dataset rows), ``validation_summary.csv`` (per history and method:
-mean hit@1, regret, rel@1, Pearson) and ``validation_paired.csv`` (every candidate against its tier's default, per
-history and pooled), and prints the summary, the paired table and the decision.
+Two tiers, each run on its own: ``profile`` (M&C, which needs only the new dataset's profile, its variants and the
+baselines of that tier) and ``probe`` (M&C + probe, its variants, the probe and the probe plus gain, on the
+histories that have a probe). Writes ``validation_<tier>.csv`` (method × history × dataset rows),
+``validation_<tier>_summary.csv`` (per history and method: mean hit@1, regret, rel@1, Pearson) and
+``validation_<tier>_paired.csv`` (every candidate against the tier's default, per history and pooled), and prints
+the summary, the pooled paired table and the decision.
 """
 
 from __future__ import annotations
@@ -107,43 +110,41 @@ def compare(table: pd.DataFrame, default: str, names: list[str]) -> pd.DataFrame
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tier", choices=["profile", "probe"], default="profile")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", default=str(REPO_ROOT / "results" / "selection"))
-    parser.add_argument("--only", default=None, help="comma-separated candidate names (the defaults always run)")
+    parser.add_argument("--only", default=None, help="comma-separated candidate names (the default always runs)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=UserWarning)
-    profile_tier, probe_tier = candidates(), probe_candidates()
+    tried, default = ((candidates(), "M&C (default)") if args.tier == "profile"
+                      else (probe_candidates(), "M&C + probe (default)"))
     if args.only:
-        keep = set(args.only.split(","))
-        profile_tier = {k: v for k, v in profile_tier.items() if k in keep or "default" in k}
-        probe_tier = {k: v for k, v in probe_tier.items() if k in keep or "default" in k}
+        tried = {k: v for k, v in tried.items() if k in set(args.only.split(",")) or k == default}
     frames = []
-    for name, (history, targets) in validation_histories(probe=True).items():
+    for name, (history, targets) in validation_histories(probe=args.tier == "probe").items():
+        if args.tier == "probe" and history.probe is None:
+            continue
         start = time.perf_counter()
-        methods = dict(profile_tier, **(probe_tier if history.probe is not None else {}))
-        df = leave_one_dataset_out(history, methods, targets=targets, n_jobs=args.jobs)
+        df = leave_one_dataset_out(history, tried, targets=targets, n_jobs=args.jobs)
         frames.append(df.assign(history=name))
         print(f"{name}: {len(targets)} targets, {time.perf_counter() - start:.0f} s", flush=True)
     table = pd.concat(frames, ignore_index=True)
     summary = table.groupby(["history", "method"], sort=False)[["hit@1", "regret", "rel@1", "pearson"]].mean()
     summary = summary.reset_index()
-    paired = pd.concat([compare(table, "M&C (default)", list(profile_tier)).assign(tier="profile"),
-                        compare(table, "M&C + probe (default)", list(probe_tier)).assign(tier="probe")],
-                       ignore_index=True)
+    paired = compare(table, default, list(tried))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    table.drop(columns=["seconds"]).to_csv(out / "validation.csv", index=False)
-    summary.to_csv(out / "validation_summary.csv", index=False, float_format="%.4f")
-    paired.to_csv(out / "validation_paired.csv", index=False, float_format="%.4f")
-    columns = ["tier", "history", "method", "n_paired", "top1_diff", "regret_diff", "regret_diff_ci_low",
-               "regret_diff_ci_high", "wins", "losses", "verdict"]
+    table.drop(columns=["seconds"]).to_csv(out / f"validation_{args.tier}.csv", index=False)
+    summary.to_csv(out / f"validation_{args.tier}_summary.csv", index=False, float_format="%.4f")
+    paired.to_csv(out / f"validation_{args.tier}_paired.csv", index=False, float_format="%.4f")
+    columns = ["history", "method", "n_paired", "top1_diff", "regret_diff", "regret_diff_ci_low",
+               "regret_diff_ci_high", "wins", "losses", "sign_test_p", "verdict"]
     with pd.option_context("display.width", 220, "display.max_rows", 500, "display.max_colwidth", 45):
         print(summary.round(4).to_string(index=False))
         print(paired[paired["history"].str.startswith("pooled")][columns].round(4).to_string(index=False))
-    for tier, default, tried in (("profile", "M&C (default)", profile_tier), ("probe", "M&C + probe (default)", probe_tier)):
-        variants = [n for n, m in tried.items() if isinstance(m, MatchAndChoose)]
-        chosen = decide(paired[paired["tier"] == tier], default, variants)
-        print(f"{tier} tier: keep {chosen!r}" + ("" if chosen == default else f" (replaces {default!r})"))
+    variants = [n for n, m in tried.items() if isinstance(m, MatchAndChoose)]
+    chosen = decide(paired, default, variants)
+    print(f"{args.tier} tier: keep {chosen!r}" + ("" if chosen == default else f" (replaces {default!r})"))
 
 
 if __name__ == "__main__":

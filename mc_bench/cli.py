@@ -377,8 +377,10 @@ def run_cmd(args) -> int:
     table = pd.read_csv(study / "selection_summary.csv")
     print(f"\nleave-one-dataset-out over {int(table['n_datasets'].max())} datasets ({study / 'selection_summary.csv'}):")
     _print_table([{"method": r["method"], "top1": f"{r['top1']:.3f}", "top3": f"{r['top3']:.3f}",
-                   "mean_regret": f"{r['mean_regret']:.4f}"} for r in table.to_dict(orient="records")],
-                 ["method", "top1", "top3", "mean_regret"])
+                   "mean_regret": f"{r['mean_regret']:.4f}",
+                   "vs M&C (paired)": r["verdict"] if isinstance(r.get("verdict"), str) else ""}
+                  for r in table.to_dict(orient="records")],
+                 ["method", "top1", "top3", "mean_regret"] + (["vs M&C (paired)"] if "verdict" in table else []))
     print(f"\nreport: {study / 'report.html'}")
     return 0 if summary["failed"] == 0 else 1
 
