@@ -15,7 +15,8 @@ Validation histories (``mc_bench.select.validation.validation_histories``; none 
 
 The rule, fixed before the runs: a candidate replaces the default when, over the real validation targets pooled
 (world-val and transfergraph-image-val), its paired comparison with the default is ``better`` (a 95 % bootstrap
-interval of the top-1 or regret difference excludes 0 in its favour, the other not against it) and it is not
+interval of the top-1 or regret difference excludes 0 in its favour, the other not against it, confirmed by a
+signed-rank test: :func:`mc_bench.select.lodo.paired_comparison`) and it is not
 ``worse`` on the synthetic ones; among several, the lowest pooled mean regret. Otherwise the default stays: a
 difference the validation datasets cannot resolve is not a reason to change.
 
@@ -114,31 +115,38 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", default=str(REPO_ROOT / "results" / "selection"))
     parser.add_argument("--only", default=None, help="comma-separated candidate names (the default always runs)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="read the leave-one-dataset-out rows of an earlier run (validation_<tier>.csv) instead "
+                             "of running them again: the summary, the paired comparisons and the decision only")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=UserWarning)
     tried, default = ((candidates(), "M&C (default)") if args.tier == "profile"
                       else (probe_candidates(), "M&C + probe (default)"))
     if args.only:
         tried = {k: v for k, v in tried.items() if k in set(args.only.split(",")) or k == default}
-    frames = []
-    for name, (history, targets) in validation_histories(probe=args.tier == "probe").items():
-        if args.tier == "probe" and history.probe is None:
-            continue
-        start = time.perf_counter()
-        df = leave_one_dataset_out(history, tried, targets=targets, n_jobs=args.jobs)
-        frames.append(df.assign(history=name))
-        print(f"{name}: {len(targets)} targets, {time.perf_counter() - start:.0f} s", flush=True)
-    table = pd.concat(frames, ignore_index=True)
+    out = Path(args.out)
+    if args.reuse:
+        table = pd.read_csv(out / f"validation_{args.tier}.csv")
+        table = table[table["method"].isin(tried)]
+    else:
+        frames = []
+        for name, (history, targets) in validation_histories(probe=args.tier == "probe").items():
+            if args.tier == "probe" and history.probe is None:
+                continue
+            start = time.perf_counter()
+            df = leave_one_dataset_out(history, tried, targets=targets, n_jobs=args.jobs)
+            frames.append(df.assign(history=name))
+            print(f"{name}: {len(targets)} targets, {time.perf_counter() - start:.0f} s", flush=True)
+        table = pd.concat(frames, ignore_index=True)
     summary = table.groupby(["history", "method"], sort=False)[["hit@1", "regret", "rel@1", "pearson"]].mean()
     summary = summary.reset_index()
     paired = compare(table, default, list(tried))
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    table.drop(columns=["seconds"]).to_csv(out / f"validation_{args.tier}.csv", index=False)
+    table.drop(columns=["seconds"], errors="ignore").to_csv(out / f"validation_{args.tier}.csv", index=False)
     summary.to_csv(out / f"validation_{args.tier}_summary.csv", index=False, float_format="%.4f")
     paired.to_csv(out / f"validation_{args.tier}_paired.csv", index=False, float_format="%.4f")
     columns = ["history", "method", "n_paired", "top1_diff", "regret_diff", "regret_diff_ci_low",
-               "regret_diff_ci_high", "wins", "losses", "sign_test_p", "verdict"]
+               "regret_diff_ci_high", "wins", "losses", "wilcoxon_p", "verdict"]
     with pd.option_context("display.width", 220, "display.max_rows", 500, "display.max_colwidth", 45):
         print(summary.round(4).to_string(index=False))
         print(paired[paired["history"].str.startswith("pooled")][columns].round(4).to_string(index=False))

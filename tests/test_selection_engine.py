@@ -64,12 +64,13 @@ def test_paired_comparison_hand_computed():
 
 
 def test_a_few_wins_among_many_ties_are_not_distinguishable():
-    """4 wins and no loss in 32 datasets: the bootstrap interval excludes 0, the sign test (p = 0.125) does not."""
+    """4 wins and no loss in 32 datasets: the bootstrap interval excludes 0, the signed-rank test (p = 0.125) does
+    not."""
     rows = []
     for j in range(32):
         rows += [("M&C", f"d{j}", 0.0, 0.2), ("lucky", f"d{j}", 1.0 if j < 4 else 0.0, 0.0 if j < 4 else 0.2)]
     row = paired_comparison(_lodo(rows), "M&C").set_index("method").loc["lucky"]
-    assert row["top1_diff_ci_low"] > 0 and row["sign_test_p"] == pytest.approx(0.125)
+    assert row["top1_diff_ci_low"] > 0 and row["wilcoxon_p"] == pytest.approx(0.125)
     assert row["verdict"] == "not distinguishable"
 
 

@@ -18,7 +18,7 @@ import zlib
 import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
-from scipy.stats import binomtest
+from scipy.stats import wilcoxon
 from sklearn.base import clone
 
 from .base import Selector
@@ -93,10 +93,11 @@ def paired_comparison(lodo: pd.DataFrame, reference: str = "M&C", n_boot: int = 
     the method loses less) with a percentile bootstrap interval over datasets (``*_ci_low``, ``*_ci_high``; the same
     resampled datasets for both metrics, drawn by a generator seeded by ``seed`` and the method's name);
     ``wins`` / ``losses`` / ``ties`` — datasets where the method's pick has a lower / higher / equal regret than the
-    reference's — and ``sign_test_p``, the exact two-sided sign test of wins against losses; and ``verdict`` —
-    ``better`` or ``worse`` when the top-1 or the regret interval excludes 0 (the other not pointing the other way)
-    and the sign test agrees at the same level (on mostly tied pairs the percentile bootstrap alone is optimistic:
-    4 wins and no loss in 32 datasets exclude 0 from its interval, the sign test gives p = 0.125), else ``not
+    reference's — and ``wilcoxon_p``, the two-sided Wilcoxon signed-rank test of the regret differences of the
+    datasets where the picks differ; and ``verdict`` — ``better`` or ``worse`` when the top-1 or the regret interval
+    excludes 0 (the other not pointing the other way), the wins (losses) outnumber the losses (wins) and the signed-rank
+    test agrees at the same level (on mostly tied pairs the percentile bootstrap alone is optimistic: 4 wins and no
+    loss in 32 datasets exclude 0 from its interval, the signed-rank test gives p = 0.125), else ``not
     distinguishable``."""
     table = lodo.pivot_table(index="dataset", columns="method", values=list(PAIRED_METRICS), sort=False)
     if reference not in table["regret"].columns:
@@ -121,11 +122,12 @@ def paired_comparison(lodo: pd.DataFrame, reference: str = "M&C", n_boot: int = 
             signs[name] = 1 if lo > 1e-12 else (-1 if hi < -1e-12 else 0)
         regret = (pair[("regret", "m")] - pair[("regret", "r")]).to_numpy(dtype=float)
         wins, losses = int((regret < -1e-12).sum()), int((regret > 1e-12).sum())
-        sign_p = float(binomtest(wins, wins + losses).pvalue) if wins + losses else 1.0
-        row.update({"wins": wins, "losses": losses, "ties": n - wins - losses, "sign_test_p": sign_p})
+        differing = regret[np.abs(regret) > 1e-12]
+        test_p = float(wilcoxon(differing).pvalue) if len(differing) else 1.0
+        row.update({"wins": wins, "losses": losses, "ties": n - wins - losses, "wilcoxon_p": test_p})
         better = (signs["top1"] > 0 or signs["regret"] < 0) and wins > losses
         worse = (signs["top1"] < 0 or signs["regret"] > 0) and losses > wins
-        significant = sign_p < 1 - level  # the percentile bootstrap alone is optimistic on mostly-tied pairs
+        significant = test_p < 1 - level  # the percentile bootstrap alone is optimistic on mostly-tied pairs
         row["verdict"] = ("better" if better and not worse and significant else
                           "worse" if worse and not better and significant else "not distinguishable")
         rows.append(row)
