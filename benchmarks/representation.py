@@ -2,9 +2,9 @@
 
     python benchmarks/representation.py [--out results/selection]
 
-For each of the world's 12 validation datasets (profile cpu-validation-full), its nearest other dataset among the
-validation datasets and cpu-paper's 32 (profiles of all, made together: results/cpu-validation-full/
-history-with-cpu-paper/profiles), under each representation: the Fréchet distance of image and caption feature
+For each of the world's 48 validation datasets (profiles cpu-validation-full and cpu-validation-more), its nearest
+other dataset among the validation datasets and cpu-paper's 32 (profiles of all, made together:
+results/cpu-validation-full/history-with-cpu-paper/profiles), under each representation: the Fréchet distance of image and caption feature
 Gaussians (the default), of one modality alone, or the cosine of mean features (the representation before).
 Counts how often the nearest dataset shares the family (the manifest's domain) and the winner (best model by FID).
 The representation was chosen on these validation datasets; cpu-paper's own table is in its profiles/nearest.csv.

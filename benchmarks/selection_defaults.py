@@ -7,9 +7,10 @@ Validation histories (``mc_bench.select.validation.validation_histories``; none 
 
 * ``transfergraph-image-val`` — TransferGraph's image records held out on the five datasets that are not in its
   published table; each fold learns from the other twelve datasets;
-* ``world-val`` — the world's 48 validation datasets (profile ``cpu-validation-full``), held out one at a time, each fold
-  learning from the other validation datasets and cpu-paper's 32 (both fine-tuned with cpu-paper's recipe), with the
-  probe of every dataset (``<study>-pretrained``);
+* ``world-val`` — the world's 48 validation datasets (profiles ``cpu-validation-full`` and ``cpu-validation-more``),
+  held out one at a time, each fold learning from the other validation datasets and cpu-paper's 32 (all fine-tuned
+  with cpu-paper's recipe), with the probe of every dataset whose grid has a ``<study>-pretrained`` companion (the
+  probe tier is judged on those);
 * ``world-val-lora`` — the first 12 validation datasets with the first recipe (LoRA), with the LoRA cpu-paper's runs;
 * ``synthetic-val-<seed>`` — synthetic histories with planted structure (and a probe), seeds 100-104.
 
@@ -131,8 +132,10 @@ def main() -> None:
     else:
         frames = []
         for name, (history, targets) in validation_histories(probe=args.tier == "probe").items():
-            if args.tier == "probe" and history.probe is None:
-                continue
+            if args.tier == "probe":  # the probe tier is judged on the targets its probe covers
+                if history.probe is None:
+                    continue
+                targets = [d for d in targets if d in history.probe.columns and history.probe[d].notna().any()]
             start = time.perf_counter()
             df = leave_one_dataset_out(history, tried, targets=targets, n_jobs=args.jobs)
             frames.append(df.assign(history=name))

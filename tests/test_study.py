@@ -17,7 +17,7 @@ import yaml
 
 from mc_bench.paths import REPO_ROOT
 from mc_bench.study.runner import run_grid
-from mc_bench.study.tables import cell_dir, grid, read_cell
+from mc_bench.study.tables import cell_dir, grid, read_cell, run_seconds
 
 
 def _records(study: Path) -> dict:
@@ -241,7 +241,13 @@ def test_pretrained_and_rung_companions_feed_gains_probe_and_halving(tmp_path):
     assert summary["seconds_per_dataset"].notna().all()
     cost = summary["seconds_per_dataset"]
     assert cost["M&C + probe"] > cost["probe"] > 0 and cost["M&C + probe"] > cost["M&C"]
-    assert cost["probe"] > cost["cheap probe"] > 0  # 8 samples per candidate instead of 16
+    # each probe tier is charged its own companion's measured cells (sampling + evaluation), not a shared guess
+    lodo = pd.read_csv(study / "selection" / "lodo.csv").groupby("method")["seconds"].mean()
+    for tier, companion in (("probe", "study-pretrained"), ("cheap probe", "study-probe16")):
+        measured = run_seconds(tmp_path / companion).sum(axis=0).mean()
+        assert cost[tier] == pytest.approx(measured + lodo[tier])
+    assert pd.read_csv(tmp_path / "study-probe16" / "runs.csv")["generate_n_samples"].lt(
+        pd.read_csv(pretrained / "runs.csv")["generate_n_samples"]).all()
     assert summary.loc["exhaustive fine-tuning", "top1"] == 1.0
     assert "probe-first halving" in summary.index
     both = pd.read_csv(study / "selection" / "halving.csv")

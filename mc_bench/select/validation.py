@@ -6,9 +6,10 @@ Defaults are chosen on *validation* histories only, and numbers are reported on 
 history                       validation targets (held out one at a time)                      reported targets
 ============================  ==============================================================  ===================
 TransferGraph image records   the 5 datasets outside TransferGraph's published table            its 8 published
-the world (cpu-paper + cpu-   the 48 ``role: validation`` datasets (profile                    cpu-paper's 32
-validation-full runs)         cpu-validation-full), each fold learning from the other 79,
-                              with every dataset's probe (``<study>-pretrained``)
+the world (cpu-paper + cpu-   the 48 ``role: validation`` datasets (profiles                   cpu-paper's 32
+validation-full + cpu-        cpu-validation-full and cpu-validation-more), each fold
+validation-more runs)         learning from the other 79, with the probe of every dataset
+                              whose study has a ``<study>-pretrained`` companion
 the world, LoRA label (cpu-   the same 12 datasets (profile cpu-validation), with the LoRA     (cpu-paper-lora's
 paper-lora + cpu-validation)  cpu-paper study's runs as the other 32                           32, not reported)
 synthetic (planted)           seeds 100-104                                                    seeds 0-2
@@ -29,7 +30,7 @@ from .history import History, from_transfergraph, load_history, transfergraph_ta
 from .synthetic import synthetic_history
 
 TRANSFERGRAPH_IMAGE = REPO_ROOT.parent / "shared" / "external" / "transfergraph" / "image_classification"
-# cpu-validation-full's runs with cpu-paper's: both grids fine-tuned with the recipe cpu-paper reports (full UNet,
+# cpu-validation-full's and cpu-validation-more's runs with cpu-paper's: the grids fine-tuned with the recipe cpu-paper reports (full UNet,
 # lr 5e-5, cosine, 100 steps), so the defaults are chosen on the label they are judged on
 WORLD_VALIDATION_HISTORY = REPO_ROOT / "results" / "cpu-validation-full" / "history-with-cpu-paper"
 # the same 12 validation datasets with the first recipe (LoRA rank 4, lr 1e-3), with the LoRA cpu-paper study's runs

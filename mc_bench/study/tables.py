@@ -319,8 +319,9 @@ def build_combined_history(study_dirs: list[str | Path], out: str | Path, manife
                            label: str = "fid"):
     """One history from several studies' runs (e.g. cpu-paper + cpu-validation, on which the selection engine's
     defaults are chosen): their ``performance.csv`` tables, profiles of all their datasets and the models'
-    pretraining datasets made together into ``out/profiles``, and — when every study has a ``<study>-pretrained``
-    companion — their probes. Returns the :class:`History` written to ``out``."""
+    pretraining datasets made together into ``out/profiles``, and the probes of the studies that have a
+    ``<study>-pretrained`` companion (a probe tier is judged on the datasets its probe covers). Returns the
+    :class:`History` written to ``out``."""
     out = Path(out)
     m = load_manifests(manifests)
     performance = pd.concat([pd.read_csv(Path(d) / "performance.csv") for d in study_dirs], ignore_index=True)
@@ -328,9 +329,8 @@ def build_combined_history(study_dirs: list[str | Path], out: str | Path, manife
     models = sorted(performance["model"].unique())
     sources = pretraining_datasets(m, models, exclude=datasets)
     write_profiles(profile_datasets(m, datasets + sources), out / "profiles")
-    pretrained = [companion_study(d, "pretrained") for d in study_dirs]
-    probe = (pd.concat([probe_table(p, label) for p in pretrained], ignore_index=True)
-             if all(p is not None for p in pretrained) else None)
+    pretrained = [p for p in (companion_study(d, "pretrained") for d in study_dirs) if p is not None]
+    probe = pd.concat([probe_table(p, label) for p in pretrained], ignore_index=True) if pretrained else None
     return write_history(out, performance, out / "profiles", m, label, probe=probe)
 
 
