@@ -4,7 +4,7 @@ The matching graph read one and two hops out — a dataset's similarity edges to
 datasets' performance edges — as similarity-weighted means of normalised quality, for many targets at once. These
 are the baselines' scores (global-best, nearest-dataset, history-weighted) and the M&C ranker's collaborative
 learners and features. Also here: what a pick loses (:func:`regret_matrix`, :func:`top_pick_loss`), the criterion
-of every inner choice.
+of history-weighted's inner choice of bandwidth (:func:`select_bandwidth`).
 """
 
 from __future__ import annotations
