@@ -30,8 +30,8 @@ from .history import History, from_transfergraph, load_history, transfergraph_ta
 from .synthetic import synthetic_history
 
 TRANSFERGRAPH_IMAGE = REPO_ROOT.parent / "shared" / "external" / "transfergraph" / "image_classification"
-# cpu-validation-full's and cpu-validation-more's runs with cpu-paper's: the grids fine-tuned with the recipe cpu-paper reports (full UNet,
-# lr 5e-5, cosine, 100 steps), so the defaults are chosen on the label they are judged on
+# cpu-validation-full's and cpu-validation-more's runs with cpu-paper's: the grids fine-tuned with the recipe cpu-paper
+# reports (full UNet, lr 5e-5, cosine, 100 steps), so the defaults are chosen on the label they are judged on
 WORLD_VALIDATION_HISTORY = REPO_ROOT / "results" / "cpu-validation-full" / "history-with-cpu-paper"
 # the same 12 validation datasets with the first recipe (LoRA rank 4, lr 1e-3), with the LoRA cpu-paper study's runs
 # (results/cpu-paper-lora): a second label of the world, kept as a validation history of its own
