@@ -191,6 +191,8 @@ def choose_cmd(args) -> int:
     from .select.methods import method as registered
     from .select.shortlist import conformal_shortlist
 
+    if args.fine_tune is not None:
+        return choose_and_finetune_cmd(args)
     start = time.perf_counter()
     history = _selection_history(args.history, args.transfergraph)
     dataset = args.dataset
@@ -267,6 +269,56 @@ def choose_cmd(args) -> int:
         print(f"{dropped} failed runs of the history (no finite {history.label}) were left out")
     print(f"{seconds:.1f} s")
     return 0
+
+
+def choose_and_finetune_cmd(args) -> int:
+    """Rank for an image folder, fine-tune the first K candidates on it, print the winner (mc_bench.study.choice)."""
+    from .errors import InputError
+    from .study.choice import choose_for_folder
+
+    if not args.images or not Path(args.images).is_dir() or args.dataset or args.new_dataset or args.transfergraph:
+        raise InputError("--fine-tune", "fine-tuning needs an image folder (--images FOLDER) and a study's history",
+                         "pass HISTORY (e.g. results/cpu-paper) --images FOLDER --fine-tune K")
+    k = args.fine_tune if args.fine_tune == "auto" else _positive_int(args.fine_tune, "--fine-tune")
+    result = choose_for_folder(args.history, args.images, k, out=args.out, level=args.level, method=args.method,
+                               scheduler=args.scheduler, workers=_positive_int(args.workers, "--workers"),
+                               add_to_history=args.add_to_history, overrides=parse_overrides(args.set),
+                               manifests=args.manifests, weights=args.weights, progress=not args.json)
+    if args.json:
+        print(json.dumps(result, indent=1))
+        return 0 if result["winner"] else 1
+    label = result["label"]
+    print(f"\n{result['dataset']}: {result['n_images']} images; {result['k']} of {len(result['ranking'])} candidates "
+          f"fine-tuned ({result['k_why']})\n")
+    _print_table([{"rank": t["rank"], "model": t["model"], "status": t["status"],
+                   label: "" if t[label] is None else f"{t[label]:.3f}", "seconds": t["seconds"]}
+                  for t in result["tried"]], ["rank", "model", "status", label, "seconds"])
+    for t in result["tried"]:
+        if t["status"] != "done":
+            print(f"{t['model']} failed: {t['error'][:300]}")
+    if result["winner"] is None:
+        print(f"\nno candidate finished; see {Path(args.out or '') / 'cells.csv'}")
+        return 1
+    margin = result["margin_over_runner_up"]
+    print(f"\nfine-tune {result['winner']}" + (f" ({label} {margin:.3f} better than the runner-up)"
+                                                 if margin is not None else "")
+          + f"; expected to hold the best candidate with probability {result['expected_success']:.2f}; "
+          f"{result['seconds']:.0f} s in all")
+    if result.get("added_to_history"):
+        print(f"the history with this folder added: {result['added_to_history']}")
+    return 0
+
+
+def _positive_int(value, flag: str) -> int:
+    from .errors import InputError
+
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if number < 1:
+        raise InputError(f"{flag} {value}", "not a positive whole number", f"pass {flag} 1 or more")
+    return number
 
 
 # ----------------------------------------------------------------------------------------------- finetune
@@ -432,6 +484,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the selector (mc_bench.select.methods): M&C by default")
     ch.add_argument("--seed", type=int, default=0)
     ch.add_argument("--json", action="store_true")
+    ft_group = ch.add_argument_group("fine-tune the first candidates on the folder (with --images FOLDER)")
+    ft_group.add_argument("--fine-tune", metavar="K", help="fine-tune the first K candidates with the history's "
+                          "recipe and return the winner; `auto`: the smallest K whose ranker-first success rate on "
+                          "the history reaches --level")
+    ft_group.add_argument("--out", help="where the choice is written (default: results/choices/<folder name>)")
+    ft_group.add_argument("--scheduler", default=None, help="address of a Dask scheduler (default: a LocalCluster)")
+    ft_group.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes")
+    ft_group.add_argument("--add-to-history", metavar="PATH", help="write a copy of the history with the folder "
+                          "and its runs appended to PATH")
+    ft_group.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                          help="change the recipe (train./generate. fields), e.g. --set train.steps=20")
+    ft_group.add_argument("--weights", default=None, help="weights folder for the metrics (default: $MC_BENCH_WEIGHTS)")
     ch.set_defaults(func=choose_cmd)
 
     ft = sub.add_parser("finetune", help="fine-tune one model on one dataset (LoRA or full), then generate samples")

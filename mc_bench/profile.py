@@ -287,6 +287,40 @@ def profile_new_dataset(profiles: DatasetProfiles, images: list[np.ndarray], cap
     """Profile a new dataset exactly as ``profiles`` were made (same backbone, image count, distance and scales):
     returns its features row (``clip_pc*`` projected on the recorded PCA) and its similarity to every profiled
     dataset. The backbone's weights must be those recorded (SHA-256), or the error says which differ."""
+    row, similarity, _ = _profile_against(profiles, images, captions, clip_folder)
+    return row, similarity
+
+
+def extend_profiles(profiles: DatasetProfiles, dataset: str, images: list[np.ndarray], captions: list[str],
+                    clip_folder: str | Path | None = None) -> tuple[DatasetProfiles, dict, pd.Series]:
+    """:func:`profile_new_dataset`, and ``profiles`` with the new dataset appended (its features, mean embeddings,
+    Gaussians, distances and similarities; the scales and PCA stay the recorded ones), so that a history grown by
+    a choice can profile the next folder against it too."""
+    if dataset in set(profiles.features["dataset"]):
+        raise InputError(f"dataset {dataset!r}", "is profiled already", "give the new dataset another id")
+    row, similarity, gaussians = _profile_against(profiles, images, captions, clip_folder)
+    upper = np.triu_indices(len(gaussians["image"][0]))
+    embeddings = pd.DataFrame([{"dataset": dataset, "kind": m, **{f"e{j}": float(v) for j, v in
+                                                                 enumerate(gaussians[m][0])}} for m in MODALITIES])
+    distributions = pd.DataFrame([{"dataset": dataset, "modality": m, "n": int(gaussians[m][2]),
+                                   "mean": gaussians[m][0].tolist(), "cov_upper": gaussians[m][1][upper].tolist()}
+                                  for m in MODALITIES])
+    distances = pd.DataFrame([{"dataset_a": d, "dataset_b": dataset, "modality": m, "frechet": float(v)}
+                              for m in MODALITIES for d, v in gaussians[m][3].items()])
+    sim = profiles.similarity.copy()
+    sim.loc[dataset] = similarity.reindex(sim.columns)
+    sim[dataset] = pd.concat([similarity.reindex(profiles.similarity.index), pd.Series({dataset: 1.0})])
+    extended = DatasetProfiles(
+        features=pd.concat([profiles.features, pd.DataFrame([{"dataset": dataset, **row}])], ignore_index=True),
+        embeddings=pd.concat([profiles.embeddings, embeddings], ignore_index=True),
+        similarity=sim, distributions=pd.concat([profiles.distributions, distributions], ignore_index=True),
+        distances=pd.concat([profiles.distances, distances], ignore_index=True), meta=dict(profiles.meta))
+    return extended, row, similarity
+
+
+def _profile_against(profiles: DatasetProfiles, images, captions, clip_folder) -> tuple[dict, pd.Series, dict]:
+    """The new dataset's features row, its similarity to every profiled dataset and, per modality, its Gaussian,
+    feature count and Fréchet distances."""
     meta = profiles.meta
     model, processor, info = _backbone(clip_folder)
     if meta.get("weights_sha256") and info["weights_sha256"] != meta["weights_sha256"]:
@@ -294,12 +328,13 @@ def profile_new_dataset(profiles: DatasetProfiles, images: list[np.ndarray], cap
                          f"was profiled with (SHA-256 {info['weights_sha256'][:12]} vs {meta['weights_sha256'][:12]})",
                          f"pass the backbone recorded in profile.json ({meta.get('backbone')})")
     new = _profile_one(model, processor, info["resolution"], images, captions, int(meta.get("max_images", 1000)))
-    sims = []
+    sims, gaussians = [], {}
     for m in MODALITIES:
         mine = gaussian(new.feats[m])
         rows = profiles.distributions[profiles.distributions["modality"] == m].set_index("dataset")
         dist = pd.Series({d: frechet(mine, (np.asarray(r["mean"]), _symmetric(r["cov_upper"], len(mine[0]))))
                           for d, r in rows.iterrows()})
+        gaussians[m] = (mine[0], mine[1], len(new.feats[m]), dist)
         if meta.get("similarity", "frechet") == "frechet":
             sims.append(np.exp(-dist / meta["scales"][m]))
         else:
@@ -312,7 +347,7 @@ def profile_new_dataset(profiles: DatasetProfiles, images: list[np.ndarray], cap
         joint = np.concatenate([new.feats["image"].mean(0), new.feats["caption"].mean(0)])
         for i, value in enumerate((joint - np.asarray(pca["centre"])) @ np.asarray(pca["components"]).T):
             row[f"clip_pc{i}"] = float(value)
-    return row, similarity
+    return row, similarity, gaussians
 
 
 def add_image_dataset(history, images: list[np.ndarray], captions: list[str], dataset: str):
