@@ -35,6 +35,7 @@ from torch import nn
 
 from .config import EvalSettings, load_manifests
 from .errors import InputError
+from .images import LazyImages, centre_square
 from .io import atomic_path, write_json
 from .paths import CLIP_DIR, WORLD_MODELS, cache_dir
 from .train.generate import read_samples
@@ -178,7 +179,10 @@ def real_features(manifests, dataset_id: str, extractor: nn.Module, resize: str,
     resolution, split contents) and reused for every model."""
 
     images, _ = load_dataset_split(manifests, dataset_id, role)  # builds world datasets on demand
-    key = "-".join([dataset_id, role, extractor.name, extractor.weights_sha256[:12], resize,
+    # the samples are square and the model was trained on centre crops: the real images are centre-cropped too,
+    # not squashed to a square by the backbone's resize
+    images = images.map(centre_square) if isinstance(images, LazyImages) else [centre_square(im) for im in images]
+    key = "-".join([dataset_id, role, extractor.name, extractor.weights_sha256[:12], resize, "centre",
                     str(extractor.resolution), split_digest(manifests, dataset_id, role)])
     path = Path(root or cache_dir() / "stats") / f"{key}.npz"
     if path.is_file():

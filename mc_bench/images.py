@@ -40,6 +40,27 @@ class LazyImages(Sequence):
         return f"LazyImages({self._n} images, decoded on access)"
 
 
+def centre_square(image: np.ndarray) -> np.ndarray:
+    """The largest centred square of an image (the crop the samples were trained on: ``train.center_crop``)."""
+    h, w = image.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    return image[top:top + side, left:left + side]
+
+
+def thumbnails(images: Sequence[np.ndarray], size: int) -> np.ndarray:
+    """``images`` of any sizes and modes as one ``(n, size, size, 3)`` uint8 array: centre square, then a
+    ``size``-px thumbnail — what a contact sheet stacks (hub splits keep their own image sizes)."""
+    out = []
+    for image in images:
+        image = np.asarray(image)
+        if image.ndim == 2:
+            image = np.repeat(image[..., None], 3, axis=-1)
+        square = Image.fromarray(centre_square(image[..., :3]).astype(np.uint8))
+        out.append(np.asarray(square.resize((size, size), Image.Resampling.BILINEAR)))
+    return np.stack(out) if out else np.zeros((0, size, size, 3), np.uint8)
+
+
 def contact_sheet(images: np.ndarray, cols: int = 8, scale: int = 4, pad: int = 2) -> Image.Image:
     """A grid of ``images`` (n, h, w, 3 uint8), each enlarged ``scale``× with nearest-neighbour sampling."""
     n, h, w = images.shape[:3]

@@ -119,6 +119,13 @@ def test_choose_fine_tunes_the_first_k_and_grows_the_history(study_history, tmp_
                               progress=False)
     assert again["winner"] == result["winner"]
     assert json.loads((out / "runs" / f"{result['winner']}__new-shapes" / "cell.json").read_text())["finished"] == finished
+    # notebook 07 is the same call: on the same folder it resumes and names the same winner
+    import papermill as pm
+
+    pm.execute_notebook(str(REPO_ROOT / "notebooks" / "07_choose_for_my_data.ipynb"), str(tmp_path / "07.ipynb"),
+                        parameters={"history": str(study_history), "images": str(folder), "fine_tune": 2,
+                                    "out_dir": str(out), "settings": QUICK}, progress_bar=False)
+    assert json.loads((out / "choice.json").read_text())["winner"] == result["winner"]
 
 
 def test_choose_bad_inputs_fail_before_anything_is_written(study_history, tmp_path):

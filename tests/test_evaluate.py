@@ -257,3 +257,45 @@ def test_cli_weights_and_evaluate(done_run, tmp_path, capsys):
     assert {r["metric"] for r in rows} == {"fid", "fid_clean", "clip_score"}
     assert main(["evaluate", str(done_run), "--set", "evaluate.resize=lanczos"]) == 2
     assert "evaluate.resize" in capsys.readouterr().err
+
+
+def test_real_images_of_mixed_sizes_are_centre_cropped_and_sheets_take_them(tmp_path):
+    """Hub splits keep their own sizes: the FID's real images are centre squares (like the trained samples), and
+    03's contact sheet stacks thumbnails instead of failing on np.stack."""
+    from mc_bench.images import LazyImages, centre_square, labelled_rows, thumbnails
+
+    shapes = [(480, 640), (640, 480), (375, 500)]
+    images = LazyImages(3, lambda i: np.full(shapes[i] + (3,), 40 * i, np.uint8))
+    with pytest.raises(ValueError):
+        np.stack(images[:3])  # what 03's last cell did
+    sheet = thumbnails(images[:3], 16)
+    assert sheet.shape == (3, 16, 16, 3)
+    labelled_rows([("real", sheet), ("generated", sheet)])
+    wide = np.zeros((4, 10, 3), np.uint8)
+    wide[:, 3:7] = 255
+    assert centre_square(wide).shape == (4, 4, 3) and (centre_square(wide) == 255).all()
+
+
+def test_fid_real_images_are_centre_squares(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from conftest import folder_dataset, write_manifests
+
+    folder = write_manifests(tmp_path / "m", datasets=[folder_dataset()], world={"min_split_images": 2})
+    for split in ("train", "test"):
+        (folder / "data" / split).mkdir(parents=True)
+        rows = []
+        for i in range(3):
+            arr = np.zeros((8, 20, 3), np.uint8)
+            arr[:, 6:14] = 200  # the centre square is bright, the sides are black
+            Image.fromarray(arr).save(folder / "data" / split / f"{i}.png")
+            rows.append(json.dumps({"file_name": f"{i}.png", "text": "a bar"}))
+        (folder / "data" / split / "metadata.jsonl").write_text("\n".join(rows) + "\n")
+    seen = []
+    monkeypatch.setattr(ev, "extract", lambda extractor, images, resize: seen.extend(images[:]) or np.zeros((3, 2)))
+
+    class Extractor:
+        name, weights_sha256, resolution = "fake", "0" * 64, 8
+
+    ev.real_features(load_manifests(folder), "local", Extractor(), "clean", root=tmp_path / "stats")
+    assert all(im.shape == (8, 8, 3) and (im == 200).all() for im in seen) and len(seen) == 3

@@ -122,3 +122,14 @@ def test_a_full_run_without_its_denoiser_is_one_clear_error(tmp_path):
     shutil.rmtree(tmp_path / "run" / "transformer")
     with pytest.raises(InputError, match=r"run/transformer: fine-tuned transformer missing.*rerun `mc-bench finetune`"):
         runs.load_finetuned_pipeline(tmp_path / "run")
+
+
+@pytest.mark.parametrize("model, vae_dtype", [("zoo-xl-natural", torch.float32), ("zoo-sd3-symbols", torch.float16)])
+def test_fp16_training_keeps_sdxls_vae_in_float32(tmp_path, model, vae_dtype):
+    """diffusers' SDXL LoRA script keeps the VAE in float32 under fp16 ("to avoid NaN losses"); the text encoders
+    and other families' VAEs are cast."""
+    cfg = config(tmp_path, model, mixed_precision="fp16").resolved()
+    images, captions = load_dataset_split(load_manifests(), DATASET, "train")
+    trainer = ft.Trainer(cfg, runs.load_pipeline(cfg), images, captions, torch.device("cpu"))
+    assert trainer.pipe.vae.dtype == vae_dtype and trainer.vae_dtype == vae_dtype
+    assert trainer.pipe.text_encoder.dtype == torch.float16

@@ -10,9 +10,9 @@ import pandas as pd
 
 from ..config import load_manifests
 from ..evaluate import DIRECTIONS
-from ..images import labelled_rows, save_png
+from ..images import labelled_rows, save_png, thumbnails
 from ..train.generate import read_samples
-from ..world.data import load_dataset_split, resize_shorter
+from ..world.data import load_dataset_split
 from .tables import cell_dir
 
 
@@ -308,7 +308,7 @@ def write_contact_sheets(study_dir, n_images: int = 6, manifests=None) -> list:
         if not rows:
             continue
         size = rows[0][1].shape[1]
-        real = np.stack([im[:size, :size] for im in resize_shorter(real[:n_images], size)])
+        real = thumbnails(real[:n_images], size)
         path = study_dir / "contact_sheets" / f"{dataset}.png"
         save_png(labelled_rows([(f"{dataset}: real (held-out)", real)] + rows, scale=2, label_width=230), path)
         written.append(path)

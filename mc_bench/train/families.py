@@ -37,6 +37,9 @@ class Family:
     denoiser_class: str
     text_encoders: tuple[str, ...]  # frozen during fine-tuning (absent ones, such as SD3 without T5, are skipped)
     objective: str  # "ddpm" (epsilon / v / sample prediction) or "flow" (rectified flow)
+    # the VAE may be cast to fp16 for fp16 training; SDXL's overflows there, and diffusers' SDXL script keeps it in
+    # float32 ("to avoid NaN losses")
+    vae_fp16: bool = True
 
     def pipeline_type(self):
         import diffusers
@@ -58,7 +61,7 @@ class Family:
 SD = Family(("tiny-sd", "sd1", "sd2"), "StableDiffusionPipeline", "unet", "UNet2DConditionModel", ("text_encoder",),
             "ddpm")
 SDXL = Family(("sdxl",), "StableDiffusionXLPipeline", "unet", "UNet2DConditionModel",
-              ("text_encoder", "text_encoder_2"), "ddpm")
+              ("text_encoder", "text_encoder_2"), "ddpm", vae_fp16=False)
 SD3 = Family(("sd3",), "StableDiffusion3Pipeline", "transformer", "SD3Transformer2DModel",
              ("text_encoder", "text_encoder_2", "text_encoder_3"), "flow")
 FAMILIES: dict[str, Family] = {name: family for family in (SD, SDXL, SD3) for name in family.names}

@@ -114,8 +114,12 @@ class Trainer:
         self.autocast_dtype = weight_dtype
         for frozen in (pipe.vae, *families.text_encoders(pipe, family)):
             frozen.requires_grad_(False).eval()
-            if device.type != "cpu" or weight_dtype != torch.float32:
-                frozen.to(device, weight_dtype)
+            dtype = weight_dtype
+            if frozen is pipe.vae and weight_dtype == torch.float16 and not family.vae_fp16:
+                dtype = torch.float32
+            if device.type != "cpu" or dtype != torch.float32:
+                frozen.to(device, dtype)
+        self.vae_dtype = pipe.vae.dtype
         torch.manual_seed(s.seed)  # peft initialises LoRA layers from the global RNG
         if s.method == "lora":
             add_lora(denoiser, s)
@@ -163,7 +167,7 @@ class Trainer:
         images, captions = self.next_batch()
         pipe, device = self.pipe, self.device
         with torch.no_grad():
-            pixels = images_to_tensor(images).to(device, self.autocast_dtype)
+            pixels = images_to_tensor(images).to(device, self.vae_dtype)
             dist = pipe.vae.encode(pixels).latent_dist
             eps = torch.randn(dist.mean.shape, generator=self.generator).to(device, dist.mean.dtype)
             latents = dist.mean + dist.std * eps
