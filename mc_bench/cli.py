@@ -281,7 +281,7 @@ def choose_and_finetune_cmd(args) -> int:
                          "pass HISTORY (e.g. results/cpu-paper) --images FOLDER --fine-tune K")
     k = args.fine_tune if args.fine_tune == "auto" else _positive_int(args.fine_tune, "--fine-tune")
     result = choose_for_folder(args.history, args.images, k, out=args.out, level=args.level, method=args.method,
-                               scheduler=args.scheduler, workers=_positive_int(args.workers, "--workers"),
+                               scheduler=args.scheduler, workers=args.workers,
                                add_to_history=args.add_to_history, overrides=parse_overrides(args.set),
                                manifests=args.manifests, weights=args.weights, progress=not args.json)
     if args.json:
@@ -409,6 +409,24 @@ def weights_cmd(args) -> int:
 # ----------------------------------------------------------------------------------------------- run
 
 
+def preflight_cmd(args) -> int:
+    """Every check of a profile before the grid: one table, every problem with its fix; exit 2 on a problem."""
+    from .study.preflight import PROBLEM, preflight
+
+    table = preflight(args.profile, args.manifests, args.weights, online=False if args.offline else None,
+                      study_dir=args.out)
+    if args.json:
+        print(table.to_json(orient="records", indent=1))
+    else:
+        _print_table(table.to_dict(orient="records"), ["check", "subject", "status", "detail"])
+        for r in table[table["status"] == PROBLEM].itertuples():
+            print(f"problem: {r.check} {r.subject}: {r.detail}. Fix: {r.fix}")
+        unchecked = int((table["status"] == "not checked").sum())
+        if unchecked:
+            print(f"{unchecked} checks could not be made offline (the hub is not reachable from here)")
+    return 2 if (table["status"] == PROBLEM).any() else 0
+
+
 def run_cmd(args) -> int:
     from .study import run_study
 
@@ -490,7 +508,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "the history reaches --level")
     ft_group.add_argument("--out", help="where the choice is written (default: results/choices/<folder name>)")
     ft_group.add_argument("--scheduler", default=None, help="address of a Dask scheduler (default: a LocalCluster)")
-    ft_group.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes")
+    ft_group.add_argument("--workers", type=int, default=None, help="LocalCluster worker processes (default: one "
+                          "per GPU on a GPU recipe, else 2)")
     ft_group.add_argument("--add-to-history", metavar="PATH", help="write a copy of the history with the folder "
                           "and its runs appended to PATH")
     ft_group.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
@@ -520,11 +539,20 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(func=evaluate_cmd)
 
+    pf = sub.add_parser("preflight", help="check a profile's models, datasets, weights, GPU and disk before its grid")
+    pf.add_argument("--profile", required=True)
+    pf.add_argument("--weights", default=None, help="weights folder for the metrics (default: $MC_BENCH_WEIGHTS)")
+    pf.add_argument("--out", default=None, help="study folder (default: results/<profile>): where disk is checked")
+    pf.add_argument("--offline", action="store_true", help="check only what needs no network (the hub cache)")
+    pf.add_argument("--json", action="store_true")
+    pf.set_defaults(func=preflight_cmd)
+
     ru = sub.add_parser("run", help="the whole study of a profile: the grid on Dask, then profile, graph, choose, report")
     ru.add_argument("--profile", required=True, help="a profile of profiles.yaml (smoke, mini, cpu-paper, paper)")
     ru.add_argument("--out", default=None, help="study folder (default: results/<profile>)")
     ru.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler (default: a LocalCluster)")
-    ru.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes (one thread each)")
+    ru.add_argument("--workers", type=int, default=None, help="LocalCluster worker processes (default: one per GPU "
+                    "on a GPU profile, each cell alone on its GPU; 2 one-thread workers on the CPU)")
     ru.add_argument("--retry-failed", action="store_true", help="run failed cells again")
     ru.add_argument("--no-ablations", action="store_true", help="skip the ablations in 05_choose")
     ru.add_argument("--grid-only", action="store_true",

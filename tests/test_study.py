@@ -316,3 +316,22 @@ def test_done_datasets_come_from_cells_csv_when_the_cell_folders_are_not_there(t
     assert done_datasets(tmp_path, profile) == profile.datasets[1:]
     (tmp_path / "cells.csv").unlink()
     assert done_datasets(tmp_path, profile) == []  # no table and no cell folders: nothing is done
+
+
+def test_gpu_grids_get_one_worker_per_gpu_and_never_share_one(monkeypatch):
+    """Two cells on one GPU would time each other's work: a GPU profile defaults to one worker per visible GPU and
+    refuses more; a CPU grid defaults to 2; 0 or a negative count is refused instead of hanging at 0 cells."""
+    from mc_bench.errors import InputError
+    from mc_bench.study import runner
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,2,3")
+    assert runner.visible_gpus() == ["0", "2", "3"]
+    assert runner.grid_workers(None, runner.visible_gpus()) == 3
+    assert runner.grid_workers(2, ["0", "2", "3"]) == 2 and runner.grid_workers(None, None) == 2
+    with pytest.raises(InputError, match="more workers than GPUs"):
+        runner.grid_workers(4, ["0", "2", "3"])
+    with pytest.raises(InputError, match="no CUDA device"):
+        runner.grid_workers(None, [])
+    for bad in (0, -1):
+        with pytest.raises(InputError, match="positive number"):
+            runner.grid_workers(bad, None)

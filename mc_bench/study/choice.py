@@ -220,7 +220,7 @@ def rank_for_folder(history: History, dataset: str, images: list, captions: list
 
 
 def choose_for_folder(history: str | Path, images: str | Path, fine_tune: int | str = "auto", out: str | Path | None = None,
-                      level: float = 0.9, method: str = "mc", scheduler: str | None = None, workers: int = 2,
+                      level: float = 0.9, method: str = "mc", scheduler: str | None = None, workers: int | None = None,
                       add_to_history: str | Path | None = None, overrides: dict | None = None,
                       manifests: str | Path | None = None, weights: str | None = None,
                       progress: bool = True) -> dict:

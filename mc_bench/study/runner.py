@@ -182,7 +182,8 @@ def run_cell(study_dir: str | Path, model: str, dataset: str, profile: str, mani
         "evaluate": round(ev["cells"] - ev["first_cell"], 3),
     }
     record = {"model": model, "dataset": dataset, "status": "done", "started": started,
-              "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": seconds}
+              "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": seconds, "threads": threads,
+              "gpu": worker_gpu() or os.environ.get("CUDA_VISIBLE_DEVICES")}
     write_json(folder / CELL_RECORD, record)
     return record
 
@@ -205,6 +206,45 @@ def pending_cells(study_dir: Path, profile: Profile, retry_failed: bool = False)
     return todo, done, failed
 
 
+def uses_gpu(profile: Profile) -> bool:
+    """Whether a profile's cells train on a GPU: ``train.device`` cuda, or auto where CUDA is visible."""
+    if profile.train.device == "cpu":
+        return False
+    if profile.train.device == "cuda":
+        return True
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use: ``CUDA_VISIBLE_DEVICES`` when set, else every device torch sees."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [d.strip() for d in visible.split(",") if d.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def grid_workers(workers: int | None, gpus: list[str] | None) -> int:
+    """The runner's local worker processes: ``workers``, or by default one per GPU on a GPU profile (each cell has
+    its GPU to itself, so its timings hold no contention) and 2 on the CPU. More workers than GPUs, or fewer than
+    one, is an :class:`InputError`."""
+    if gpus is not None and not gpus:
+        raise InputError("the profile trains on a GPU (train.device)", "no CUDA device is visible",
+                         "run on a machine with a GPU, or set train.device: cpu (or auto) in the profile")
+    if workers is None:
+        return len(gpus) if gpus else 2
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise InputError(f"--workers {workers}", "not a positive number of worker processes", "pass --workers 1 or more")
+    if gpus and workers > len(gpus):
+        raise InputError(f"--workers {workers}", f"more workers than GPUs ({len(gpus)}): cells would share a GPU and "
+                         "their timings would include each other", f"pass --workers {len(gpus)} or fewer (or leave "
+                         "it out: one per GPU)")
+    return workers
+
+
 def _client(scheduler: str | None, workers: int, gpus: int):
     from dask.distributed import Client, LocalCluster
 
@@ -212,12 +252,8 @@ def _client(scheduler: str | None, workers: int, gpus: int):
         return Client(scheduler), None
     resources = {"GPU": gpus} if gpus else None
     env = {}
-    if gpus:  # one GPU per local worker, in turn: without this every worker's kernels would share GPU 0
-        import torch
-
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        devices = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
-        env[PIN_GPUS] = ",".join(d.strip() for d in devices if d.strip())
+    if gpus:  # one GPU per local worker: without this every worker's kernels would share GPU 0
+        env[PIN_GPUS] = ",".join(visible_gpus())
     # a GPU worker runs one cell at a time (resource GPU=1) and gives it its share of the machine's cores
     threads = max(1, (os.cpu_count() or 1) // workers) if gpus else 1
     cluster = LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True, dashboard_address=":0",
@@ -242,9 +278,10 @@ def broken_datasets(manifests: Manifests, profile: Profile) -> dict[str, str]:
 
 
 def run_grid(study_dir: str | Path, profile_id: str, manifests: str | Path | None = None,
-             scheduler: str | None = None, workers: int = 2, retry_failed: bool = False, progress: bool = True,
-             weights: str | None = None) -> pd.DataFrame:
-    """Run every pending cell of the grid on Dask; returns the cells table (also ``cells.csv``)."""
+             scheduler: str | None = None, workers: int | None = None, retry_failed: bool = False,
+             progress: bool = True, weights: str | None = None) -> pd.DataFrame:
+    """Run every pending cell of the grid on Dask; returns the cells table (also ``cells.csv``). ``workers``: the
+    local cluster's worker processes (:func:`grid_workers`: one per GPU on a GPU profile, else 2)."""
     from dask.distributed import as_completed
     from tqdm.auto import tqdm
 
@@ -271,7 +308,9 @@ def run_grid(study_dir: str | Path, profile_id: str, manifests: str | Path | Non
 
     show()
     if todo:
-        gpu = profile.train.device == "cuda"
+        gpu = uses_gpu(profile)
+        if scheduler is None:
+            workers = grid_workers(workers, visible_gpus() if gpu else None)
         client, cluster = _client(scheduler, workers, 1 if gpu else 0)
         try:
             # CPU cells: one thread each (two one-thread workers beat one two-thread one; the numbers do not depend
@@ -331,8 +370,9 @@ def export_html(notebook: Path, target: Path) -> Path:
 
 
 def run_study(profile_id: str, study_dir: str | Path | None = None, manifests: str | Path | None = None,
-              scheduler: str | None = None, workers: int = 2, retry_failed: bool = False, progress: bool = True,
-              weights: str | None = None, ablations: bool = True, grid_only: bool = False) -> dict:
+              scheduler: str | None = None, workers: int | None = None, retry_failed: bool = False,
+              progress: bool = True, weights: str | None = None, ablations: bool = True,
+              grid_only: bool = False) -> dict:
     """The whole study (see the module docstring). Returns a summary with seconds per stage. ``grid_only``: the
     grid and its metric tables, without the study notebooks."""
     study_dir = Path(study_dir) if study_dir else study_dir_for(profile_id)
@@ -341,6 +381,11 @@ def run_study(profile_id: str, study_dir: str | Path | None = None, manifests: s
         raise InputError(f"profile {profile_id!r}", f"it has {len(profile.datasets)} datasets; choosing a model "
                          "leave-one-dataset-out needs at least 3", "add datasets to the profile, or pass --grid-only "
                          "to fine-tune and evaluate without the selection stages")
+    from .preflight import preflight, raise_on_problems
+
+    # the offline preflight first: a missing model folder or metric weight, no GPU for a GPU profile, a full disk
+    raise_on_problems(preflight(profile_id, manifests, weights, online=False, study_dir=study_dir, datasets=False),
+                      profile_id)
     with study_lock(study_dir):
         return _run_study_locked(profile_id, study_dir, manifests, scheduler, workers, retry_failed, progress,
                                  weights, ablations, grid_only)

@@ -57,13 +57,15 @@ def _folder_family(folder: Path) -> str:
                            str(folder / "model_index.json"))
 
 
-def _hub_family(repo: str, revision: str) -> str:
-    """The family of a hub pipeline from its ``model_index.json`` (and text encoder config) at ``revision``."""
+def _hub_family(repo: str, revision: str, offline: bool | None = None) -> str:
+    """The family of a hub pipeline from its ``model_index.json`` (and text encoder config) at ``revision``;
+    ``offline`` (default: ``HF_HUB_OFFLINE``) reads the local hub cache only."""
     import os
 
     from huggingface_hub import hf_hub_download
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    if offline is None:
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
     try:
         index = json.loads(Path(hf_hub_download(repo, "model_index.json", revision=revision,
                                                 local_files_only=offline)).read_text())
