@@ -133,3 +133,26 @@ def test_fp16_training_keeps_sdxls_vae_in_float32(tmp_path, model, vae_dtype):
     trainer = ft.Trainer(cfg, runs.load_pipeline(cfg), images, captions, torch.device("cpu"))
     assert trainer.pipe.vae.dtype == vae_dtype and trainer.vae_dtype == vae_dtype
     assert trainer.pipe.text_encoder.dtype == torch.float16
+
+
+def test_sd3_draws_logit_normal_timesteps_as_diffusers_script_does(monkeypatch):
+    """train_dreambooth_lora_sd3.py's default: u ~ sigmoid(N(0, 1)), timestep index = u * T; unit weighting.
+    Middle timesteps are drawn far more often than under the uniform draw the zoo was pretrained with."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from mc_bench.train.loss import flow_matching_loss
+
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000)
+    seen = []
+
+    def transformer(hidden_states, timestep, return_dict, **kw):
+        seen.append(timestep.clone())
+        return (torch.zeros_like(hidden_states),)
+
+    latents = torch.zeros(4000, 1, 1, 1)
+    for scheme in ("logit_normal", "uniform"):
+        loss = flow_matching_loss(transformer, scheduler, latents, {}, torch.Generator().manual_seed(0), scheme)
+        assert torch.isfinite(loss)
+    logit, uniform = (t.float() for t in seen)
+    middle = lambda t: ((t > 250) & (t < 750)).float().mean().item()  # noqa: E731
+    assert abs(middle(logit) - 0.728) < 0.03 and abs(middle(uniform) - 0.5) < 0.03  # P(|z| < ln 3) = 0.728

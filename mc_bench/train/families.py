@@ -17,7 +17,7 @@ sd3           StableDiffusion3Pipeline     ``transformer`` (SD3Transformer2D-  t
 The conditioning is computed by the pipeline's own ``encode_prompt`` (SDXL, SD3), so training conditions the
 denoiser exactly as sampling does. The objectives follow diffusers' ``train_text_to_image_lora_sdxl.py`` (DDPM
 families: :func:`mc_bench.train.loss.diffusion_loss`) and ``train_dreambooth_lora_sd3.py`` (rectified flow:
-:func:`mc_bench.train.loss.flow_matching_loss`, timesteps drawn uniformly).
+:func:`mc_bench.train.loss.flow_matching_loss`, timesteps drawn logit-normally).
 """
 
 from __future__ import annotations
@@ -136,12 +136,14 @@ def training_scheduler(pipe, family: Family):
 
 
 def denoising_loss(family: Family, denoiser, noise_scheduler, latents: torch.Tensor, conditioning: dict,
-                   generator: torch.Generator, snr_gamma: float | None = None) -> torch.Tensor:
-    """One training loss of the family's objective."""
+                   generator: torch.Generator, snr_gamma: float | None = None,
+                   flow_timesteps: str = "logit_normal") -> torch.Tensor:
+    """One training loss of the family's objective (``flow_timesteps``: how a rectified-flow family draws its
+    timesteps, :func:`mc_bench.train.loss.flow_matching_loss`)."""
     from .loss import diffusion_loss, flow_matching_loss
 
     if family.objective == "flow":
-        return flow_matching_loss(denoiser, noise_scheduler, latents, conditioning, generator)
+        return flow_matching_loss(denoiser, noise_scheduler, latents, conditioning, generator, flow_timesteps)
     conditioning = dict(conditioning)
     text = conditioning.pop("encoder_hidden_states")
     return diffusion_loss(denoiser, noise_scheduler, latents, text, generator, snr_gamma, **conditioning)

@@ -4,8 +4,10 @@ It follows diffusers' ``train_text_to_image.py`` / ``train_text_to_image_lora.py
 encoded by the VAE; noise and timesteps drawn; noise added with the pipeline's scheduler and the target of its
 ``prediction_type`` regressed (``epsilon``: the noise; ``v_prediction``: the velocity; ``sample``: the clean latents),
 optionally weighted by min-SNR-γ (Hang et al., 2023). Rectified-flow models (SD3) regress the velocity
-``noise - latents`` at ``(1 - σ) · latents + σ · noise`` instead (diffusers' ``train_dreambooth_lora_sd3.py``, with
-σ drawn uniformly from the scheduler's training sigmas).
+``noise - latents`` at ``(1 - σ) · latents + σ · noise`` instead (diffusers' ``train_dreambooth_lora_sd3.py``, whose
+default draws the timestep from a logit-normal density, mean 0 and std 1, with unit loss weighting:
+``diffusers.training_utils.compute_density_for_timestep_sampling`` / ``compute_loss_weighting_for_sd3``; the zoo's
+pretraining keeps the uniform draw it was made with).
 """
 
 from __future__ import annotations
@@ -59,15 +61,29 @@ def diffusion_loss(unet, noise_scheduler, latents: torch.Tensor, encoder_hidden_
 
 
 def flow_matching_loss(transformer, noise_scheduler, latents: torch.Tensor, conditioning: dict,
-                       generator: torch.Generator) -> torch.Tensor:
+                       generator: torch.Generator, weighting_scheme: str = "logit_normal") -> torch.Tensor:
     """One rectified-flow loss (SD3): the transformer predicts ``noise - latents`` from the interpolation
-    ``(1 - σ) · latents + σ · noise`` at a timestep drawn uniformly from the flow scheduler's training timesteps.
-    ``conditioning``: the transformer's text inputs (``encoder_hidden_states``, ``pooled_projections``)."""
+    ``(1 - σ) · latents + σ · noise`` at a training timestep drawn by ``weighting_scheme`` (diffusers' SD3 script:
+    ``logit_normal`` by default; ``uniform``: every training timestep alike), the squared error weighted as that
+    script weights it. ``conditioning``: the transformer's text inputs (``encoder_hidden_states``,
+    ``pooled_projections``)."""
+    from diffusers.training_utils import compute_density_for_timestep_sampling, compute_loss_weighting_for_sd3
+
     device = latents.device
     noise = torch.randn(latents.shape, generator=generator).to(device, latents.dtype)
-    index = torch.randint(0, len(noise_scheduler.timesteps), (latents.shape[0],), generator=generator)
+    n = len(noise_scheduler.timesteps)
+    if weighting_scheme == "uniform":
+        index = torch.randint(0, n, (latents.shape[0],), generator=generator)
+    else:
+        u = compute_density_for_timestep_sampling(weighting_scheme, latents.shape[0], logit_mean=0.0, logit_std=1.0,
+                                                  mode_scale=1.29, generator=generator)
+        index = (u * n).long().clamp(max=n - 1)
     timesteps = noise_scheduler.timesteps[index].to(device)
     sigmas = noise_scheduler.sigmas[index].to(device, latents.dtype).view(-1, 1, 1, 1)
     noisy = (1.0 - sigmas) * latents + sigmas * noise
     pred = transformer(hidden_states=noisy, timestep=timesteps, return_dict=False, **conditioning)[0]
-    return F.mse_loss(pred.float(), (noise - latents).float())
+    if weighting_scheme == "uniform":  # the zoo's pretraining loss, bit for bit
+        return F.mse_loss(pred.float(), (noise - latents).float())
+    weighting = compute_loss_weighting_for_sd3(weighting_scheme, sigmas).float()
+    error = (weighting * (pred.float() - (noise - latents).float()) ** 2).reshape(latents.shape[0], -1)
+    return error.mean(1).mean()

@@ -139,7 +139,8 @@ def pretrain(spec: ZooModel, root: Path = WORLD_MODELS, manifests: Manifests | N
     denoiser = getattr(pipe, family.denoiser)
     losses = train_denoiser(
         denoiser, pipe.vae, lambda c: families.encode_captions(pipe, family, c, images.shape[1]),
-        lambda model, latents, cond, gen: families.denoising_loss(family, model, train_scheduler, latents, cond, gen),
+        lambda model, latents, cond, gen: families.denoising_loss(family, model, train_scheduler, latents, cond, gen,
+                                                                  flow_timesteps="uniform"),  # as the zoo was made
         images, captions, steps=spec.steps, batch_size=spec.batch_size, learning_rate=spec.learning_rate,
         seed=spec.seed)
     denoiser.eval()
