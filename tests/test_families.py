@@ -156,3 +156,19 @@ def test_sd3_draws_logit_normal_timesteps_as_diffusers_script_does(monkeypatch):
     logit, uniform = (t.float() for t in seen)
     middle = lambda t: ((t > 250) & (t < 750)).float().mean().item()  # noqa: E731
     assert abs(middle(logit) - 0.728) < 0.03 and abs(middle(uniform) - 0.5) < 0.03  # P(|z| < ln 3) = 0.728
+
+
+def test_sdxl_size_and_crop_ids_are_each_images_own(tmp_path):
+    """diffusers' SDXL script conditions on each image's original size and crop corner: a 24x16 image resized to
+    16 px (shorter side) and centre-cropped is (24, 16, 4, 0, 16, 16); a square 16 px image (0, 0)."""
+    cfg = config(tmp_path, "zoo-xl-natural", batch_size=2).resolved()
+    pipe = runs.load_pipeline(cfg)
+    images = [np.zeros((24, 16, 3), np.uint8), np.zeros((16, 16, 3), np.uint8)]
+    trainer = ft.Trainer(cfg, pipe, images, ["a tall one", "a square one"], torch.device("cpu"))
+    trainer.order = torch.tensor([0, 1])
+    batch, captions, geometry = trainer.next_batch()
+    assert batch.shape == (2, 16, 16, 3) and geometry == [(24, 16, 4, 0), (16, 16, 0, 0)]
+    cond = families.encode_captions(pipe, families.SDXL, captions, 16, geometry)
+    assert cond["added_cond_kwargs"]["time_ids"].tolist() == [[24, 16, 4, 0, 16, 16], [16, 16, 0, 0, 16, 16]]
+    _, corners = ft.crop_and_flip([np.zeros((16, 30, 3), np.uint8)], 16, False, True, torch.Generator().manual_seed(3))
+    assert 0 <= corners[0][1] <= 14

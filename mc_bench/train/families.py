@@ -86,9 +86,12 @@ def text_encoders(pipe, family: Family) -> list[torch.nn.Module]:
 
 
 @torch.no_grad()
-def encode_captions(pipe, family: Family, captions: list[str], resolution: int) -> dict:
+def encode_captions(pipe, family: Family, captions: list[str], resolution: int,
+                    geometry: list[tuple[int, int, int, int]] | None = None) -> dict:
     """The denoiser's keyword arguments that condition it on ``captions`` (besides the noisy latents and
-    timesteps), as the family's pipeline computes them when it samples without guidance."""
+    timesteps), as the family's pipeline computes them when it samples without guidance. ``geometry``: per image,
+    its original height and width and its crop's top-left corner (SDXL's size and crop ids, as diffusers' SDXL
+    script computes them per image); None: square images of ``resolution``, uncropped."""
     from .loss import encode_text
 
     if family is SD:
@@ -101,9 +104,10 @@ def encode_captions(pipe, family: Family, captions: list[str], resolution: int) 
             empty = torch.tensor([c == "" for c in captions], device=embeds.device)  # captions train it
             embeds = torch.where(empty[:, None, None], torch.zeros_like(embeds), embeds)
             pooled = torch.where(empty[:, None], torch.zeros_like(pooled), pooled)
-        # original size, crop top-left, target size: the training images are resized and centre-cropped
-        time_ids = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]], dtype=embeds.dtype,
-                                device=embeds.device).repeat(len(captions), 1)
+        # original size, crop top-left, target size
+        geometry = geometry or [(resolution, resolution, 0, 0)] * len(captions)
+        time_ids = torch.tensor([[h, w, top, left, resolution, resolution] for h, w, top, left in geometry],
+                                dtype=embeds.dtype, device=embeds.device)
         return {"encoder_hidden_states": embeds, "added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids}}
     if family is SD3:
         embeds, _, pooled, _ = pipe.encode_prompt(captions, captions, captions, device=device,

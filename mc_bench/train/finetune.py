@@ -43,9 +43,10 @@ from .runs import (CHECKPOINTS, LORA_DIR, FinetuneConfig, load_pipeline, peak_me
 
 
 def crop_and_flip(images: list[np.ndarray], resolution: int, center: bool, flip: bool,
-                  generator: torch.Generator) -> np.ndarray:
-    """Centre or random crop to ``resolution`` and optional horizontal flip, drawn from ``generator``."""
-    batch = []
+                  generator: torch.Generator) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Centre or random crop to ``resolution`` and optional horizontal flip, drawn from ``generator``; also each
+    crop's top-left corner in the (flipped) resized image — SDXL's ``crop_top_left`` conditioning."""
+    batch, corners = [], []
     for image in images:
         h, w = image.shape[:2]
         if center:
@@ -56,8 +57,10 @@ def crop_and_flip(images: list[np.ndarray], resolution: int, center: bool, flip:
         image = image[top:top + resolution, left:left + resolution]
         if flip and bool(torch.rand(1, generator=generator) < 0.5):
             image = image[:, ::-1]
+            left = w - left - resolution  # where the crop sits in the flipped image, as diffusers' script records it
         batch.append(image)
-    return np.stack(batch)
+        corners.append((top, left))
+    return np.stack(batch), corners
 
 
 def _write_losses(path: Path, losses: list[tuple[int, float, float]]) -> None:
@@ -107,6 +110,7 @@ class Trainer:
         self.run_dir = Path(config.run_dir)
         denoiser = self.denoiser = getattr(pipe, family.denoiser)
         self.resolution = s.resolution or denoiser.config.sample_size * pipe.vae_scale_factor
+        self.raw_images = images  # their sizes condition SDXL (original_size); resized to the resolution on use
         self.images = resize_shorter(images, self.resolution)
         self.captions = captions
         self.noise_scheduler = families.training_scheduler(pipe, family)
@@ -148,7 +152,9 @@ class Trainer:
         return self.denoiser
 
     # -- data
-    def next_batch(self) -> tuple[np.ndarray, list[str]]:
+    def next_batch(self) -> tuple[np.ndarray, list[str], list[tuple[int, int, int, int]]]:
+        """The next batch: cropped images, captions (some dropped) and, per image, its original height and width
+        and its crop's top-left corner (SDXL's size and crop conditioning)."""
         idx = []
         while len(idx) < self.settings.batch_size:
             if self.cursor == len(self.order):  # a new epoch: a new permutation
@@ -157,14 +163,16 @@ class Trainer:
             take = min(self.settings.batch_size - len(idx), len(self.order) - self.cursor)
             idx += self.order[self.cursor:self.cursor + take].tolist()
             self.cursor += take
-        images = crop_and_flip([self.images[i] for i in idx], self.resolution, self.settings.center_crop,
-                               self.settings.random_flip, self.generator)
+        raw = [self.raw_images[i] for i in idx]
+        sizes = [image.shape[:2] for image in raw]
+        images, corners = crop_and_flip(list(resize_shorter(raw, self.resolution)), self.resolution,
+                                        self.settings.center_crop, self.settings.random_flip, self.generator)
         drop = torch.rand(len(idx), generator=self.generator) < self.settings.caption_dropout
         captions = ["" if d else self.captions[i] for i, d in zip(idx, drop.tolist())]
-        return images, captions
+        return images, captions, [(h, w, top, left) for (h, w), (top, left) in zip(sizes, corners)]
 
     def micro_step(self) -> torch.Tensor:
-        images, captions = self.next_batch()
+        images, captions, geometry = self.next_batch()
         pipe, device = self.pipe, self.device
         with torch.no_grad():
             pixels = images_to_tensor(images).to(device, self.vae_dtype)
@@ -175,8 +183,8 @@ class Trainer:
             if shift is not None:  # SD3's VAE: latents are shifted before they are scaled
                 latents = latents - shift
             latents = (latents * pipe.vae.config.scaling_factor).float()
-            conditioning = families.to(families.encode_captions(pipe, self.family, captions, self.resolution),
-                                       device, torch.float32)
+            conditioning = families.to(families.encode_captions(pipe, self.family, captions, self.resolution,
+                                                                geometry), device, torch.float32)
         with torch.autocast(device.type, dtype=self.autocast_dtype, enabled=self.settings.mixed_precision != "no"):
             return families.denoising_loss(self.family, self.denoiser, self.noise_scheduler, latents, conditioning,
                                            self.generator, self.settings.snr_gamma)
