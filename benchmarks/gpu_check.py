@@ -43,6 +43,8 @@ from mc_bench.train import runs  # noqa: E402
 from mc_bench.train.generate import generate, read_samples  # noqa: E402
 
 DATASET = "animals-farm"
+WEIGHT_TOLERANCE = 1e-6  # max |difference| of two same-config runs' adapter weights (bit-identical on the CPU)
+PIXEL_TOLERANCE = 1  # max difference of two seeded samplings, in 8-bit pixel values
 FAILED: list[str] = []
 
 
@@ -104,9 +106,11 @@ def check_determinism_and_resume(out: Path, small: bool) -> None:
     for name in ("same-a", "same-b"):
         ft.finetune(make_config(out, name, "zoo-all-small", small, **common), sample=False)
     a, b = adapter(out / "same-a"), adapter(out / "same-b")
-    same = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    report("determinism", same, f"two runs of the same config: {len(a)} adapter tensors "
-                                f"{'bit-identical' if same else 'differ'}")
+    gap = max(float((a[k] - b[k]).abs().max()) for k in a) if a.keys() == b.keys() else float("inf")
+    # mc_bench.train.finetune.gpu_determinism makes CUDA runs repeat; an op without a deterministic kernel may
+    # still differ in the last bits: the stated tolerance
+    report("determinism", gap <= WEIGHT_TOLERANCE, f"two runs of the same config: {len(a)} adapter tensors, "
+                                                   f"max |a - b| = {gap:.1e} (tolerance {WEIGHT_TOLERANCE:.0e})")
     resumed = make_config(out, "resumed", "zoo-all-small", small, **common)
     ft.finetune(resumed, stop_after=every, sample=False)  # stops right after its first checkpoint
     record = ft.finetune(resumed, sample=False)
@@ -147,8 +151,9 @@ def check_seeded_generation(out: Path, small: bool) -> None:
     generate(pipe, prompts, out / "gen-2", config.generate)
     a, _ = read_samples(out / "gen-1")
     b, _ = read_samples(out / "gen-2")
-    report("seeded generation", np.array_equal(a, b), f"{len(first)} images sampled twice: "
-                                                      f"{'identical' if np.array_equal(a, b) else 'differ'}")
+    gap = int(np.abs(a.astype(int) - b.astype(int)).max())
+    report("seeded generation", gap <= PIXEL_TOLERANCE, f"{len(first)} images sampled twice: max pixel difference "
+                                                        f"{gap} (tolerance {PIXEL_TOLERANCE} of 255)")
 
 
 def check_fid_features(cuda: bool) -> None:

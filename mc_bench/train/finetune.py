@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -40,6 +41,18 @@ from .generate import generate_run
 from .loss import images_to_tensor
 from .runs import (CHECKPOINTS, LORA_DIR, FinetuneConfig, load_pipeline, peak_memory_mb, pick_device, read_status,
                    run_lock, write_status)
+
+
+def gpu_determinism() -> None:
+    """The settings that make a CUDA run repeat itself: cuBLAS's fixed workspace, cuDNN's deterministic kernels and
+    no autotuning, no TF32, and torch's deterministic algorithms (warning, not failing, where an op has none — those
+    differences are what the GPU check's tolerance is for)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def crop_and_flip(images: list[np.ndarray], resolution: int, center: bool, flip: bool,
@@ -103,6 +116,8 @@ class Trainer:
 
         s = self.settings = config.train
         self.config, self.pipe, self.device = config, pipe, device
+        if device.type == "cuda":
+            gpu_determinism()
         self.family = family = families.family_of(pipe)
         if family.objective == "flow" and s.snr_gamma is not None:
             raise InputError(f"model {config.model!r}", f"train.snr_gamma is set, but a {family.names[0]} model "
