@@ -306,3 +306,22 @@ def test_gpu_determinism_settings(monkeypatch):
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8" and calls == [(True, True)]
     assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
     assert not torch.backends.cuda.matmul.allow_tf32
+
+
+def test_training_images_are_decoded_and_resized_once():
+    """A split is decoded and resized on first use and cached within a budget; the values are the same past it."""
+    from mc_bench.images import LazyImages
+    from mc_bench.train.batches import ResizedImages
+
+    decoded = []
+
+    def load(i):
+        decoded.append(i)
+        return np.full((32, 48, 3), i, np.uint8)
+
+    cached = ResizedImages(LazyImages(3, load), 16)
+    for _ in range(4):
+        assert [cached[i].shape for i in range(3)] == [(16, 24, 3)] * 3
+    assert decoded == [0, 1, 2] and cached.original_size(1) == (32, 48)
+    tiny = ResizedImages(LazyImages(3, load), 16, max_mb=16 * 24 * 3 / 2 ** 20)  # room for one image
+    assert all((tiny[i] == cached[i]).all() for i in range(3) for _ in range(2)) and tiny.cached_mb > 0

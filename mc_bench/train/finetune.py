@@ -35,9 +35,10 @@ import torch
 from ..config import TrainSettings, load_manifests
 from ..errors import InputError, McBenchError
 from ..io import atomic_path, library_versions, write_json
-from ..world.data import load_dataset_split, resize_shorter, validate_dataset
+from ..world.data import load_dataset_split, validate_dataset
 from . import families
 from .generate import generate_run
+from .batches import ResizedImages
 from .loss import images_to_tensor
 from .runs import (CHECKPOINTS, LORA_DIR, FinetuneConfig, load_pipeline, peak_memory_mb, pick_device, read_status,
                    run_lock, write_status)
@@ -125,8 +126,7 @@ class Trainer:
         self.run_dir = Path(config.run_dir)
         denoiser = self.denoiser = getattr(pipe, family.denoiser)
         self.resolution = s.resolution or denoiser.config.sample_size * pipe.vae_scale_factor
-        self.raw_images = images  # their sizes condition SDXL (original_size); resized to the resolution on use
-        self.images = resize_shorter(images, self.resolution)
+        self.images = ResizedImages(images, self.resolution)  # decoded and resized once; original sizes kept
         self.captions = captions
         self.noise_scheduler = families.training_scheduler(pipe, family)
         weight_dtype = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[s.mixed_precision]
@@ -178,10 +178,9 @@ class Trainer:
             take = min(self.settings.batch_size - len(idx), len(self.order) - self.cursor)
             idx += self.order[self.cursor:self.cursor + take].tolist()
             self.cursor += take
-        raw = [self.raw_images[i] for i in idx]
-        sizes = [image.shape[:2] for image in raw]
-        images, corners = crop_and_flip(list(resize_shorter(raw, self.resolution)), self.resolution,
-                                        self.settings.center_crop, self.settings.random_flip, self.generator)
+        images, corners = crop_and_flip([self.images[i] for i in idx], self.resolution, self.settings.center_crop,
+                                        self.settings.random_flip, self.generator)
+        sizes = [self.images.original_size(i) for i in idx]
         drop = torch.rand(len(idx), generator=self.generator) < self.settings.caption_dropout
         captions = ["" if d else self.captions[i] for i, d in zip(idx, drop.tolist())]
         return images, captions, [(h, w, top, left) for (h, w), (top, left) in zip(sizes, corners)]
