@@ -38,7 +38,7 @@ from .errors import InputError
 from .images import LazyImages, centre_square
 from .io import atomic_path, write_json
 from .paths import CLIP_DIR, WORLD_MODELS, cache_dir
-from .train.generate import read_samples
+from .train.generate import SAMPLES_TABLE, read_samples
 from .train.runs import load_run_config, pick_device, read_status
 from .weights import clip_weights, require, sha256
 from .world.data import dataset_folder, load_dataset_split
@@ -47,7 +47,7 @@ from .world.tinyclip import load_clip
 DIRECTIONS = {"fid": "lower", "fid_clean": "lower", "kid": "lower", "kid_clean": "lower", "clip_score": "higher",
               "image_reward": "higher", "mean_rank": "lower"}
 COLUMNS = ["model", "dataset", "metric", "value", "std", "direction", "status", "reason", "library", "backbone",
-           "weights_sha256", "resize", "resolution", "n_real", "n_fake", "warning", "versions"]
+           "weights_sha256", "resize", "resolution", "n_real", "n_fake", "warning", "versions", "sampler"]
 METRICS_FILE = "metrics.csv"
 MIN_FID_IMAGES = 2  # a covariance and KID's subsets need two images on each side
 FID_KID_BACKENDS = (("fid", "torchmetrics"), ("fid_clean", "clean-fid"), ("kid", "torchmetrics"), ("kid_clean", "clean-fid"))
@@ -395,7 +395,10 @@ def evaluate_run(run_dir: str | Path, settings: EvalSettings = EvalSettings(),
     rows = evaluate_samples(fake, captions,
                             lambda ex: real_features(manifests, config.dataset, ex, settings.resize), settings, weights,
                             device)
-    table = pd.DataFrame([{"model": config.model, "dataset": config.dataset, **r} for r in rows]).reindex(columns=COLUMNS)
+    samples = pd.read_csv(run_dir / SAMPLES_TABLE)
+    sampler = ";".join(sorted(samples["sampler"].dropna().unique())) if "sampler" in samples else None
+    table = pd.DataFrame([{"model": config.model, "dataset": config.dataset, **r, "sampler": sampler}
+                          for r in rows]).reindex(columns=COLUMNS)
     with atomic_path(run_dir / METRICS_FILE) as tmp:
         table.to_csv(tmp, index=False)
     write_json(run_dir / "evaluate.json", {"settings": settings.model_dump(mode="json"),

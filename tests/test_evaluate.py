@@ -185,6 +185,7 @@ def test_run_evaluated_twice_gives_identical_rows(done_run, tmp_path):
     assert set(rows.index) == {"fid", "fid_clean", "kid", "kid_clean", "clip_score", "image_reward"}
     assert rows.loc["fid", "status"] == "computed" and rows.loc["fid", "n_fake"] == 12
     assert rows.loc["fid", "backbone"] == "tiny-clip" and len(rows.loc["fid", "weights_sha256"]) == 64
+    assert (first["sampler"] == "DDIMScheduler").all()  # the sampler that made the samples, with every number
     assert rows.loc["fid", "n_real"] > 12 and "torchmetrics=" in rows.loc["fid", "versions"]
     assert abs(rows.loc["fid", "value"] - rows.loc["fid_clean", "value"]) < 1e-3
     assert rows.loc["image_reward", "status"] == "not computed"

@@ -2,13 +2,15 @@
 
 Image ``i`` is generated from caption ``i`` of the held-out split (cycling when more samples than captions are
 asked for) with its own generator seeded ``seed + i``, so an image does not depend on the batch size. The
-images go to ``samples/NNNNN.png`` and the table ``samples.csv`` (file, caption, seed) beside them.
+images go to ``samples/NNNNN.png`` and the table ``samples.csv`` (file, caption, seed, sampler: the scheduler class
+that sampled) beside them.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -56,25 +58,34 @@ def generate(pipe, prompts: list[str], out_dir: Path, settings: GenerateSettings
     images_dir.mkdir(parents=True, exist_ok=True)
     set_scheduler(pipe, settings.scheduler)
     device = pipe.device
-    rows = []
-    for start in range(0, len(prompts), settings.batch_size):
-        batch = prompts[start:start + settings.batch_size]
-        seeds = [settings.seed + start + j for j in range(len(batch))]
-        generators = [torch.Generator(device).manual_seed(s) for s in seeds]
-        images = pipe(batch, num_inference_steps=settings.num_inference_steps, guidance_scale=settings.guidance_scale,
-                      generator=generators, output_type="np").images
-        for j, (image, caption, seed) in enumerate(zip(images, batch, seeds)):
-            name = f"{start + j:05d}.png"
-            Image.fromarray((image * 255).round().clip(0, 255).astype(np.uint8)).save(images_dir / name)
-            rows.append({"file": f"{SAMPLES_DIR}/{name}", "caption": caption, "seed": seed})
-    table = pd.DataFrame(rows, columns=["file", "caption", "seed"])
+    sampler = type(pipe.scheduler).__name__
+    rows, writes = [], []
+
+    def save(image: np.ndarray, path: Path) -> None:
+        Image.fromarray((image * 255).round().clip(0, 255).astype(np.uint8)).save(path)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:  # PNGs are encoded while the next batch samples
+        for start in range(0, len(prompts), settings.batch_size):
+            batch = prompts[start:start + settings.batch_size]
+            seeds = [settings.seed + start + j for j in range(len(batch))]
+            generators = [torch.Generator(device).manual_seed(s) for s in seeds]
+            images = pipe(batch, num_inference_steps=settings.num_inference_steps,
+                          guidance_scale=settings.guidance_scale, generator=generators, output_type="np").images
+            for j, (image, caption, seed) in enumerate(zip(images, batch, seeds)):
+                name = f"{start + j:05d}.png"
+                writes.append(pool.submit(save, image, images_dir / name))
+                rows.append({"file": f"{SAMPLES_DIR}/{name}", "caption": caption, "seed": seed, "sampler": sampler})
+        for write in writes:
+            write.result()  # a failed write is raised here, before the table names the file
+    table = pd.DataFrame(rows, columns=["file", "caption", "seed", "sampler"])
     table.to_csv(out_dir / SAMPLES_TABLE, index=False)
     return table
 
 
-def read_samples(run_dir: Path) -> tuple[np.ndarray, list[str]]:
-    """The generated images (uint8, n × h × w × 3) and their captions of a run folder. A missing table or image, an
-    empty table or images of different sizes is one :class:`InputError` naming the file and the fix."""
+def read_samples(run_dir: Path, limit: int | None = None) -> tuple[np.ndarray, list[str]]:
+    """The generated images (uint8, n × h × w × 3) and their captions of a run folder (the first ``limit``, when
+    given: a preview). A missing table or image, an empty table or images of different sizes is one
+    :class:`InputError` naming the file and the fix."""
     from PIL import Image, UnidentifiedImageError
 
     table_path = Path(run_dir) / SAMPLES_TABLE
@@ -84,6 +95,7 @@ def read_samples(run_dir: Path) -> tuple[np.ndarray, list[str]]:
     table = pd.read_csv(table_path)
     if len(table) == 0:
         raise InputError(table_path, "the samples table has no rows", regenerate)
+    table = table.head(limit) if limit is not None else table
     images = []
     for row, (file, caption) in enumerate(zip(table["file"], table["caption"]), start=2):
         path = Path(run_dir) / file
