@@ -39,7 +39,7 @@ def test_lora_run_folder(tmp_path):
     losses = pd.read_csv(run / "loss.csv")
     assert losses["step"].tolist() == list(range(1, 7)) and losses["loss"].notna().all()
     samples = pd.read_csv(run / "samples.csv")
-    assert list(samples.columns) == ["file", "caption", "seed"] and samples["seed"].tolist() == list(range(6))
+    assert list(samples.columns) == ["file", "caption", "seed", "sampler"] and samples["seed"].tolist() == list(range(6))
     assert all((run / f).is_file() for f in samples["file"])
     assert (run / "lora" / "pytorch_lora_weights.safetensors").is_file()
     timings = json.loads((run / "timings.json").read_text())
@@ -323,5 +323,10 @@ def test_training_images_are_decoded_and_resized_once():
     for _ in range(4):
         assert [cached[i].shape for i in range(3)] == [(16, 24, 3)] * 3
     assert decoded == [0, 1, 2] and cached.original_size(1) == (32, 48)
+    ahead = ResizedImages(LazyImages(3, load), 16)
+    decoded.clear()
+    ahead.prefetch([2, 0])
+    ahead._pending.result()  # the background thread decoded them; using them decodes nothing more
+    assert sorted(decoded) == [0, 2] and (ahead[2] == cached[2]).all() and sorted(decoded) == [0, 2]
     tiny = ResizedImages(LazyImages(3, load), 16, max_mb=16 * 24 * 3 / 2 ** 20)  # room for one image
     assert all((tiny[i] == cached[i]).all() for i in range(3) for _ in range(2)) and tiny.cached_mb > 0

@@ -178,8 +178,10 @@ class Trainer:
             take = min(self.settings.batch_size - len(idx), len(self.order) - self.cursor)
             idx += self.order[self.cursor:self.cursor + take].tolist()
             self.cursor += take
+        upcoming = self.order[self.cursor:self.cursor + self.settings.batch_size].tolist()
         images, corners = crop_and_flip([self.images[i] for i in idx], self.resolution, self.settings.center_crop,
                                         self.settings.random_flip, self.generator)
+        self.images.prefetch(upcoming)  # decoded and resized off the training thread while this batch trains
         sizes = [self.images.original_size(i) for i in idx]
         drop = torch.rand(len(idx), generator=self.generator) < self.settings.caption_dropout
         captions = ["" if d else self.captions[i] for i, d in zip(idx, drop.tolist())]
@@ -205,13 +207,14 @@ class Trainer:
 
     def train_step(self) -> float:
         accumulation = self.settings.gradient_accumulation_steps
-        total = 0.0
+        parts = []
         for _ in range(accumulation):
             loss = self.micro_step()
-            if not torch.isfinite(loss) and not self.scaler.is_enabled():
-                raise FloatingPointError(f"non-finite loss ({loss.item()}) at step {self.step + 1}")
             self.scaler.scale(loss / accumulation).backward()
-            total += loss.item() / accumulation
+            parts.append(loss.detach().float() / accumulation)
+        total = float(torch.stack(parts).sum().item())  # the step's one host sync (the loss stays on the GPU until here)
+        if not np.isfinite(total) and not self.scaler.is_enabled():  # before the update: the weights stay finite
+            raise FloatingPointError(f"non-finite loss ({total}) at step {self.step + 1}")
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.params, self.settings.max_grad_norm)
         self.scaler.step(self.optimizer)  # fp16: skipped when a gradient is not finite (the scale is then lowered)
