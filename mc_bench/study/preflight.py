@@ -112,21 +112,47 @@ def check_dataset(manifests: Manifests, dataset: str, profile: Profile, online: 
     return _check_hub_dataset(spec, profile, online)
 
 
-def _check_hub_dataset(spec, profile: Profile, online: bool) -> Check:
+def _hub_dataset_info(spec, online: bool) -> tuple[dict, dict[str, int]]:
+    """A hub dataset's features and rows per split: from the hub (``load_dataset_builder``) online; offline from the
+    Parquet files of its snapshot in the local hub cache (``<split>-NNNNN-of-NNNNN.parquet``, the hub's layout; the
+    features from the schema's ``huggingface`` metadata)."""
     import datasets
+
+    if online:
+        builder = datasets.load_dataset_builder(hub_id(spec.source), spec.params.get("config"),
+                                                revision=spec.revision, data_dir=spec.params.get("data_dir"))
+        splits = builder.info.splits or {}
+        return dict(builder.info.features or {}), {k: v.num_examples for k, v in splits.items()}
+    import pyarrow.parquet as pq
+
+    from ..world.data import hub_snapshot
+
+    folder = hub_snapshot(spec)
+    if spec.params.get("data_dir"):
+        folder = folder / spec.params["data_dir"]
+    features, rows = {}, {}
+    for path in sorted(folder.rglob("*.parquet")):
+        meta = pq.read_metadata(path)
+        split = path.name.split("-")[0]
+        rows[split] = rows.get(split, 0) + meta.num_rows
+        hf = (meta.schema.to_arrow_schema().metadata or {}).get(b"huggingface")
+        if hf and not features:
+            features = dict(datasets.Features.from_dict(json.loads(hf)["info"]["features"]))
+    return features, rows
+
+
+def _check_hub_dataset(spec, profile: Profile, online: bool) -> Check:
+    from ..world.data import hub_offline
 
     repo = hub_id(spec.source)
     where = f"hf:{repo}@{spec.revision}"
-    if not online and not _offline():  # `datasets` would go to the network: only an offline process reads the cache
-        return Check("dataset", spec.id, UNCHECKED, f"{where}: not checked offline", "run `mc-bench preflight` online")
     try:
-        builder = datasets.load_dataset_builder(repo, spec.params.get("config"), revision=spec.revision,
-                                                data_dir=spec.params.get("data_dir"))
+        features, splits = _hub_dataset_info(spec, online and not hub_offline())
     except Exception as err:  # unknown id, revision or config; offline and not cached
-        status = UNCHECKED if not online else PROBLEM
-        return Check("dataset", spec.id, status, f"{where}: cannot be resolved ({type(err).__name__}: "
-                     f"{str(err)[:160]})", "check the id, revision and params.config in datasets.yaml")
-    features = dict(builder.info.features or {})
+        status = UNCHECKED if not online or hub_offline() else PROBLEM
+        return Check("dataset", spec.id, status, f"{where}: cannot be resolved{' offline' if status == UNCHECKED else ''}"
+                     f" ({getattr(err, 'problem', str(err))[:200]})",
+                     getattr(err, "fix", "check the id, revision and params.config in datasets.yaml"))
     image, caption = detect_columns(features)
     problems = []
     for declared, found, key in ((spec.image_column, image, "image_column"), (spec.caption_column, caption,
@@ -134,17 +160,15 @@ def _check_hub_dataset(spec, profile: Profile, online: bool) -> Check:
         if features and declared not in features:
             problems.append(f"no column {declared!r} (columns: {sorted(features)[:8]}; detected: {found!r}) -> set "
                             f"{key}: {found}" if found else f"no column {declared!r} -> set {key}")
-    splits = builder.info.splits or {}
     for role, name in (("train", spec.splits.train), ("eval", spec.splits.eval)):
         base = name.split("[")[0]
         if splits and base not in splits:
             problems.append(f"no split {base!r} (splits: {sorted(splits)})")
-        elif splits and "[" not in name and role == "eval" and splits[base].num_examples < MIN_FID_IMAGES:
-            problems.append(f"held-out split {base!r} has {splits[base].num_examples} rows, FID needs "
-                            f"{MIN_FID_IMAGES}")
+        elif splits and "[" not in name and role == "eval" and splits[base] < MIN_FID_IMAGES:
+            problems.append(f"held-out split {base!r} has {splits[base]} rows, FID needs {MIN_FID_IMAGES}")
     if problems:
         return Check("dataset", spec.id, PROBLEM, f"{where}: " + "; ".join(problems), "fix the entry in datasets.yaml")
-    sizes = ", ".join(f"{k} {v.num_examples}" for k, v in splits.items()) if splits else "sizes unknown"
+    sizes = ", ".join(f"{k} {v}" for k, v in splits.items()) if splits else "sizes unknown"
     return Check("dataset", spec.id, OK, f"{where}: columns {spec.image_column}/{spec.caption_column}; {sizes}")
 
 

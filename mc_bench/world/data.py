@@ -17,6 +17,7 @@ same folder (or a hub dataset id) through ``datasets.load_dataset``.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -235,13 +236,36 @@ def load_dataset_split(manifests: Manifests, dataset_id: str,
     return images, [caption_text(c) for c in split[spec.caption_column]]  # a text column decodes no image
 
 
+def hub_offline() -> bool:
+    """Whether the hub may not be reached (``HF_HUB_OFFLINE`` or ``HF_DATASETS_OFFLINE``)."""
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def hub_snapshot(spec: DatasetSpec) -> Path:
+    """The local hub cache's snapshot of a hub dataset at its revision (``huggingface_hub.snapshot_download`` with
+    ``local_files_only``), or an :class:`InputError` saying how to put it there."""
+    from huggingface_hub import snapshot_download
+
+    repo = hub_id(spec.source)
+    try:
+        return Path(snapshot_download(repo, repo_type="dataset", revision=spec.revision, local_files_only=True))
+    except Exception as err:  # not in the cache at that revision
+        raise InputError(f"hf:{repo}@{spec.revision}", f"offline, and the dataset is not in the local hub cache at "
+                         f"that revision ({type(err).__name__})", "on a machine that reaches the hub: huggingface-cli "
+                         f"download --repo-type dataset {repo} --revision {spec.revision}, then copy $HF_HOME "
+                         "here") from None
+
+
 def _load_hub(spec: DatasetSpec, split: str | None = None):
     """``datasets.load_dataset`` of a hub dataset at its revision, with the manifest's ``params.config`` (a
     configuration name) and ``params.data_dir`` (a folder of the repository, e.g. one configuration of a dataset
-    whose loading script was replaced by the hub's Parquet conversion)."""
+    whose loading script was replaced by the hub's Parquet conversion). Offline, the repository's snapshot in the
+    local hub cache is loaded as the folder it is (``datasets`` cannot resolve a hub id without the hub)."""
     import datasets
 
-    return datasets.load_dataset(hub_id(spec.source), spec.params.get("config"), revision=spec.revision,
+    source = str(hub_snapshot(spec)) if hub_offline() else hub_id(spec.source)
+    revision = None if hub_offline() else spec.revision
+    return datasets.load_dataset(source, spec.params.get("config"), revision=revision,
                                  data_dir=spec.params.get("data_dir"), split=split)
 
 
