@@ -191,6 +191,13 @@ def choose_cmd(args) -> int:
     from .select.methods import method as registered
     from .select.shortlist import conformal_shortlist
 
+    from .errors import InputError
+
+    if not (args.level == 0 or 0 < args.level < 1):
+        raise InputError(f"--level {args.level}", "a coverage level is a probability",
+                         "pass a level between 0 and 1 (e.g. 0.9), or 0 for no shortlist")
+    if args.top < 1:
+        raise InputError(f"--top {args.top}", "not a number of rows to print", "pass --top 1 or more")
     if args.fine_tune is not None:
         return choose_and_finetune_cmd(args)
     start = time.perf_counter()
@@ -341,13 +348,35 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
-def finetune_cmd(args) -> int:
+def read_config(path: str) -> dict:
+    """A ``--config`` YAML file as a mapping; a missing, unreadable or broken file, or one that is not a mapping, is one
+    :class:`InputError`."""
     import yaml
 
+    from .errors import InputError
+    from .io import load_yaml
+
+    try:
+        data = load_yaml(Path(path).read_text())
+    except OSError as err:
+        raise InputError(path, f"the config file cannot be read ({err.strerror or err})",
+                         "pass the path of a YAML file with `train:`, `generate:` or `evaluate:` sections") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise InputError(path, f"not valid YAML ({getattr(err, 'problem', None) or err})",
+                         "fix the YAML syntax (sections `train:`, `generate:`, `evaluate:`)") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InputError(path, f"the top level is a {type(data).__name__}, not a mapping",
+                         "write sections `train:`, `generate:` or `evaluate:` at the top level")
+    return data
+
+
+def finetune_cmd(args) -> int:
     from .train.finetune import finetune
     from .train.runs import build_config
 
-    overrides = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
+    overrides = read_config(args.config) if args.config else {}
     for section, values in parse_overrides(args.set).items():
         overrides.setdefault(section, {}).update(values)
     config = build_config(args.model, args.dataset, args.out, profile=args.profile, overrides=overrides,
@@ -364,13 +393,11 @@ def finetune_cmd(args) -> int:
 
 
 def evaluate_cmd(args) -> int:
-    import yaml
-
     from .config import evaluate_settings
     from .errors import InputError
     from .evaluate import evaluate_run
 
-    overrides = (yaml.safe_load(Path(args.config).read_text()) or {}).get("evaluate", {}) if args.config else {}
+    overrides = read_config(args.config).get("evaluate", {}) if args.config else {}
     for section, fields in parse_overrides(args.set).items():
         if section != "evaluate":
             raise InputError(f"--set {section}.*", "only evaluate.* settings apply here", "write --set evaluate.FIELD=VALUE")

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ManifestError
+from .io import load_yaml
 from .paths import DEFAULT_MANIFEST_DIR, HUB_PREFIX, WORLD_PREFIX
 
 ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
@@ -187,6 +188,14 @@ class Profile(_Strict):
             raise ValueError("a profile needs at least one dataset")
         return value
 
+    @field_validator("models", "datasets")
+    @classmethod
+    def _unique(cls, value):
+        repeated = sorted({v for v in value if value.count(v) > 1})
+        if repeated:
+            raise ValueError(f"{repeated} listed more than once (each would be run, and recorded, twice)")
+        return value
+
 
 class WorldSettings(_Strict):
     """Settings shared by every ``world:`` dataset."""
@@ -242,7 +251,7 @@ def _read_yaml(path: Path) -> dict:
     if not path.exists():
         raise ManifestError(path, "manifest file not found", "create it or point --manifests at the right folder")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}, line {mark.line + 1}" if mark else str(path)

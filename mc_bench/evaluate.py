@@ -38,7 +38,7 @@ from .errors import InputError
 from .images import LazyImages, centre_square
 from .io import atomic_path, write_json
 from .paths import CLIP_DIR, WORLD_MODELS, cache_dir
-from .train.generate import SAMPLES_TABLE, read_samples
+from .train.generate import SAMPLES_TABLE, held_out_prompts, read_samples
 from .train.runs import load_run_config, pick_device, read_status
 from .weights import clip_weights, require, sha256
 from .world.data import dataset_folder, load_dataset_split
@@ -391,6 +391,11 @@ def evaluate_run(run_dir: str | Path, settings: EvalSettings = EvalSettings(),
                          "finish it with `mc-bench finetune` (a failed run has no samples to evaluate)")
     manifests = load_manifests(config.manifests)
     fake, captions = read_samples(run_dir)
+    _, held_out = load_dataset_split(manifests, config.dataset, "eval")
+    if captions != held_out_prompts(held_out, len(captions)):  # the samples must be this dataset's
+        raise InputError(run_dir / "config.json", f"the samples' captions are not the held-out captions of "
+                         f"{config.dataset!r}, the dataset config.json names", "evaluate the run folder the samples "
+                         "were generated in, unedited (or regenerate the samples: rerun mc-bench finetune)")
     device = torch.device(device) if device is not None else pick_device(config.train.device)
     rows = evaluate_samples(fake, captions,
                             lambda ex: real_features(manifests, config.dataset, ex, settings.resize), settings, weights,

@@ -40,6 +40,23 @@ class LazyImages(Sequence):
         return f"LazyImages({self._n} images, decoded on access)"
 
 
+def rgb8(image: Image.Image, max_side: int | None = None) -> np.ndarray:
+    """A PIL image as an RGB ``uint8`` array: 16-bit and 32-bit grey images scaled to 8 bits (``convert("RGB")``
+    clips them, so a 16-bit photo turns near-white), and, with ``max_side``, shrunk so that its longer side is at
+    most that many pixels (JPEGs are decoded at a reduced size directly: a folder of large photos never holds them
+    at full size)."""
+    if max_side is not None:
+        image.draft("RGB", (max_side, max_side))
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        grey = np.asarray(image, dtype=np.float64)
+        peak = 1.0 if image.mode == "F" else (65535.0 if grey.max() > 255 or image.mode.startswith("I;16") else 255.0)
+        image = Image.fromarray(np.clip(grey / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    image = image.convert("RGB")
+    if max_side is not None and max(image.size) > max_side:
+        image.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
+    return np.asarray(image)
+
+
 def centre_square(image: np.ndarray) -> np.ndarray:
     """The largest centred square of an image (the crop the samples were trained on: ``train.center_crop``)."""
     h, w = image.shape[:2]

@@ -621,6 +621,166 @@ def case_study_second_runner(tmp_path):
     assert not (tmp_path / "study" / "runs").exists()
 
 
+# ------------------------------------------------------------------------------------------------ round 2 (issue 26)
+
+
+def case_profile_lists_a_dataset_twice(tmp_path):
+    folder = _manifest_folder(tmp_path, datasets=[folder_dataset()], profiles=[
+        {"id": "p", "datasets": ["local", "local"]}])
+    expect(ManifestError, lambda: load_manifests(folder), "profile 'p'" if False else "profiles.yaml", "datasets")
+
+
+def case_yaml_duplicate_key_and_alias_bomb(tmp_path):
+    folder = _manifest_folder(tmp_path)
+    (folder / "datasets.yaml").write_text("datasets:\n- id: a\n  id: b\n  source: world:shapes\n")
+    err = expect(ManifestError, lambda: load_manifests(folder), "datasets.yaml", "YAML")
+    assert "duplicate key 'id'" in err.problem
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+    (folder / "datasets.yaml").write_text(bomb)
+    err = expect(ManifestError, lambda: load_manifests(folder), "datasets.yaml", "YAML")
+    assert "aliases" in err.problem
+
+
+def case_history_yaml_wrongly_typed(tmp_path):
+    folder = _history_folder(tmp_path, _runs())
+    (folder / "history.yaml").write_text(yaml.safe_dump({"runs": "runs.csv", "quality": ["fid"]}))
+    expect(HistoryError, lambda: load_history(folder), "history.yaml", "mapping")
+    (folder / "history.yaml").write_text(yaml.safe_dump({"runs": 3, "quality": {"fid": "lower"}}))
+    expect(HistoryError, lambda: load_history(folder), "history.yaml", "file name")
+
+
+def case_similarity_out_of_range_or_inverted(tmp_path):
+    ids = ["d0", "d1", "d2", "d3"]
+    dist = pd.DataFrame(np.abs(np.subtract.outer(range(4), range(4))).astype(float), index=ids, columns=ids)
+    negative = dist.copy()
+    negative.loc["d0", "d1"] = negative.loc["d1", "d0"] = -2.0
+    expect(HistoryError, lambda: History.from_tables(_runs(), {"fid": "lower"}, similarity=negative,
+                                                     similarity_kind="distance"), "similarity", "never negative")
+    expect(HistoryError, lambda: History.from_tables(_runs(), {"fid": "lower"}, similarity=dist,
+                                                     similarity_kind="similarity"), "similarity", "kind: distance")
+    h = History.from_tables(_runs(), {"fid": "lower"}, similarity=dist, similarity_kind="distance")
+    for bad in (5.0, -3.0):
+        expect(HistoryError, lambda: h.with_dataset("new", {}, {d: bad for d in ids}), "new dataset", "[0, 1]")
+    features = pd.DataFrame({"dataset": ids, "size": [1.0, 2.0, 3.0, 4.0]})
+    h = History.from_tables(_runs(), {"fid": "lower"}, dataset_features=features)
+    expect(HistoryError, lambda: h.with_dataset("new", {"size": "abc"}), "new dataset", "numbers")
+
+
+def case_same_seed_twice_with_different_values(tmp_path):
+    runs = pd.concat([_runs().assign(seed=0), _runs().head(1).assign(seed=0, fid=999.0)], ignore_index=True)
+    expect(HistoryError, lambda: History.from_tables(runs, {"fid": "lower"}), "runs", "one row per")
+
+
+def case_transfergraph_accuracy_in_percent_among_fractions(tmp_path):
+    folder = tmp_path / "tg"
+    shutil.copytree(FIXTURES, folder)
+    records = pd.read_csv(folder / "records.csv")
+    records.loc[0, "eval_accuracy"] = 87.5
+    records.to_csv(folder / "records.csv", index=False)
+    expect(HistoryError, lambda: from_transfergraph(folder), "records.csv, row 2", "fraction")
+
+
+def case_choose_level_and_top_out_of_range(tmp_path):
+    for args, needle in ((["--level", "1.5"], "--level 1.5"), (["--level", "-0.2"], "--level -0.2"),
+                         (["--top", "-3"], "--top -3")):
+        expect_cli(["choose", REPO_ROOT / "results" / "cpu-paper", "--dataset", "animals-farm", *args], needle)
+
+
+def case_run_workers_zero(tmp_path):
+    expect_cli(["run", "--profile", "smoke", "--out", tmp_path / "s", "--workers", "0", "--grid-only"],
+               "--workers 0")
+
+
+def case_finetune_failing_after_or_at_start_says_failed(tmp_path, monkeypatch):
+    from mc_bench.train import finetune as ft
+    from mc_bench.train.runs import build_config
+
+    def broken_step(self):
+        if self.step == 1:
+            raise RuntimeError("shape mismatch")
+        return real(self)
+
+    real = ft.Trainer.train_step
+    monkeypatch.setattr(ft.Trainer, "train_step", broken_step)
+    config = build_config("zoo-shapes", "shapes-new", tmp_path / "run", overrides={"train": {"steps": 3}})
+    with pytest.raises(RuntimeError):
+        ft.finetune(config)
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["status"] == "failed" and "step 2" in status["reason"] and "shape mismatch" in status["reason"]
+    monkeypatch.setattr(ft, "Trainer", lambda *a, **k: (_ for _ in ()).throw(ValueError("no target modules")))
+    with pytest.raises(ValueError):
+        ft.finetune(build_config("zoo-shapes", "shapes-new", tmp_path / "run2", overrides={"train": {"steps": 3}}))
+    status = json.loads((tmp_path / "run2" / "status.json").read_text())
+    assert status["status"] == "failed" and "could not start" in status["reason"]
+
+
+def case_image_folder_16_bit_grey_small_and_repeated(tmp_path):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    grey = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16).astype(np.uint16)  # up to 65,520
+    Image.fromarray(grey).save(folder / "a.png")
+    (folder / "metadata.jsonl").write_text("\n".join(json.dumps({"file_name": "a.png", "text": "a ramp"})
+                                                     for _ in range(3)) + "\n")
+    with pytest.warns(UserWarning) as record:
+        images, _ = read_image_folder(folder)
+    messages = " ".join(str(w.message) for w in record)
+    assert "more than once" in messages and "3 images" in messages
+    expected = grey.astype(float).mean() / 65535 * 255
+    assert images[0].shape == (64, 64, 3) and abs(images[0].mean() - expected) < 1.0  # not near-white
+
+
+def case_world_params_edited_or_misspelled(tmp_path, monkeypatch):
+    from mc_bench.world.data import read_world_split
+
+    monkeypatch.setenv("MC_BENCH_CACHE", str(tmp_path / "cache"))
+    entry = {"id": "tiny-shapes", "source": "world:shapes", "domain": "shapes", "license": "CC0",
+             "params": {"n_images": 40}}
+    folder = _manifest_folder(tmp_path, datasets=[entry])
+    assert len(read_world_split(load_manifests(folder), "tiny-shapes", "train")[0]) == 32
+    entry["params"]["n_images"] = 60  # edited after the build: rebuilt, not the old data
+    (folder / "datasets.yaml").write_text(yaml.safe_dump({"datasets": [entry]}))
+    assert len(read_world_split(load_manifests(folder), "tiny-shapes", "train")[0]) == 48
+    entry["params"]["shapez"] = ["circle"]
+    (folder / "datasets.yaml").write_text(yaml.safe_dump({"datasets": [entry]}))
+    err = expect(ManifestError, lambda: read_world_split(load_manifests(folder), "tiny-shapes", "train"),
+                 "tiny-shapes", "correct the names")
+    assert "'shapez'" in err.problem
+
+
+def case_evaluate_run_whose_config_names_another_dataset(tmp_path, done_run):
+    run = _copy_run(done_run, tmp_path)
+    config = json.loads((run / "config.json").read_text())
+    config["dataset"] = "digits-low"
+    (run / "config.json").write_text(json.dumps(config))
+    expect(InputError, lambda: _evaluate(run), "config.json", "unedited")
+
+
+def case_config_file_missing_broken_or_not_a_mapping(tmp_path):
+    (tmp_path / "broken.yaml").write_text("train: [steps: 3\n")
+    (tmp_path / "list.yaml").write_text("- train\n")
+    for name, needle in (("missing.yaml", "cannot be read"), ("broken.yaml", "not valid YAML"),
+                         ("list.yaml", "not a mapping")):
+        expect_cli(["finetune", "--model", "zoo-shapes", "--dataset", "shapes-new", "--out", tmp_path / "r",
+                    "--config", tmp_path / name], needle)
+
+
+def case_study_selection_with_a_corrupt_timing_file(tmp_path):
+    from mc_bench.study.selection import _study_inputs
+
+    study = tmp_path / "study"
+    (study / "profiles").mkdir(parents=True)
+    (study / "profiles" / "timing.json").write_text("{not json")
+    expect(InputError, lambda: _study_inputs(study, study / "profiles" / "timing.json"), "timing.json", "01_profile")
+    (study / "profiles" / "timing.json").write_text(json.dumps({"seconds_per_dataset": 1.0}))
+    pd.DataFrame({"model": ["a"], "dataset": ["d"], "status": ["done"], "train": [1.0], "sample": [1.0],
+                  "evaluate": [1.0]}).to_csv(study / "cells.csv", index=False)
+    pd.DataFrame({"model": ["a"], "dataset": ["d"]}).to_csv(study / "runs.csv", index=False)
+    err = expect(InputError, lambda: _study_inputs(study, study / "profiles" / "timing.json"), "runs.csv",
+                 "regenerate")
+    assert "train_steps" in err.problem
+
+
 CASES = {name[5:]: fn for name, fn in dict(globals()).items() if name.startswith("case_")}
 
 

@@ -54,6 +54,7 @@ import pandas as pd
 import yaml
 
 from ..errors import HistoryError
+from ..io import load_yaml
 
 Direction = Literal["higher", "lower"]
 
@@ -134,6 +135,14 @@ class History:
             raise HistoryError(f"{source}: label", f"label {label!r} is not a declared quality column",
                                f"use one of {list(quality)}")
         runs, dropped = _drop_failed_runs(runs, label, source)
+        if "seed" in runs.columns:
+            again = runs.duplicated(["model", "dataset", "seed"], keep=False)
+            if again.any():
+                row = runs.loc[again].iloc[0]
+                raise HistoryError(f"{source}: runs", f"({row['model']}, {row['dataset']}, seed {row['seed']}) appears "
+                                   "more than once",
+                                   "keep one row per (model, dataset, seed): the same seed twice is one run recorded twice "
+                                   "(or a mistake), not two seeds to average")
         dup = runs.duplicated(["model", "dataset"], keep=False)
         if dup.any() and "seed" not in runs.columns:
             row = runs.loc[dup].iloc[0]
@@ -302,6 +311,17 @@ class History:
         if left_out:
             warnings.warn(f"new dataset {dataset!r}: features {left_out} not given; the ranker treats them as unknown",
                           stacklevel=2)
+        for name, value in features.items():
+            if not isinstance(known[name].dtype, pd.CategoricalDtype) and value is not None and not (
+                    isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and np.isfinite(value)):
+                raise HistoryError("new dataset", f"feature {name!r} is {value!r}, not a finite number",
+                                   "give numeric features as numbers (leave a feature out when it is unknown)")
+        if similarity is not None:
+            bad = {k: v for k, v in similarity.items()
+                   if not isinstance(v, (int, float, np.number)) or not 0.0 <= float(v) <= 1.0}
+            if bad:
+                raise HistoryError("new dataset", f"similarities {dict(list(bad.items())[:3])} are outside [0, 1]",
+                                   "give similarities in [0, 1] (1 = the same dataset), as the history's matrix is")
         row = pd.DataFrame([features], index=[dataset]).reindex(columns=known.columns)
         for col in known.columns:  # same dtypes as the history: categories keep their codes
             if isinstance(known[col].dtype, pd.CategoricalDtype):
@@ -421,8 +441,22 @@ def _similarity_matrix(matrix: pd.DataFrame, kind: str, source: str) -> pd.DataF
         i, j = np.unravel_index(np.argmax(np.abs(x - x.T)), x.shape)
         raise HistoryError(where, f"the matrix is not symmetric ({m.index[i]}, {m.columns[j]}: {x[i, j]} vs {x[j, i]})",
                            "symmetrise it, e.g. (M + M.T) / 2")
+    diagonal, off_mask = np.diag(x), ~np.eye(len(x), dtype=bool)
     if kind == "distance":
-        off = x[~np.eye(len(x), dtype=bool)]
+        if (x < 0).any():
+            i, j = np.unravel_index(np.argmin(x), x.shape)
+            raise HistoryError(where, f"a distance is negative ({m.index[i]}, {m.columns[j]}: {x[i, j]})",
+                               "write distances (never negative), or declare the matrix `kind: similarity`")
+        if len(x) > 1 and (diagonal > np.where(off_mask, x, np.inf).min(axis=1) + 1e-12).any():
+            raise HistoryError(where, "a dataset is farther from itself than from another dataset (the diagonal of a "
+                               "distance matrix is its row's smallest entry)", "check the matrix, or declare it "
+                               "`kind: similarity` if larger means closer")
+    elif len(x) > 1 and (diagonal < np.where(off_mask, x, -np.inf).max(axis=1) - 1e-12).any():
+        i = int(np.argmax(np.where(off_mask, x, -np.inf).max(axis=1) - diagonal))
+        raise HistoryError(where, f"{m.index[i]} is less similar to itself ({diagonal[i]}) than to another dataset: "
+                           "the matrix looks like a distance", "declare it `kind: distance` (smaller = closer)")
+    if kind == "distance":
+        off = x[off_mask]
         scale = np.median(off) if off.size and np.median(off) > 0 else 1.0
         x = np.exp(-x / scale)  # distance -> similarity in (0, 1]; 1 on the diagonal
     else:
@@ -440,7 +474,20 @@ def load_history(folder: str | Path) -> History:
     spec_path = folder / "history.yaml"
     if not spec_path.is_file():
         raise HistoryError(spec_path, "history.yaml not found", "describe the tables in history.yaml (see mc_bench.select.history)")
-    spec = yaml.safe_load(spec_path.read_text()) or {}
+    try:
+        spec = load_yaml(spec_path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        raise HistoryError(f"{spec_path}, line {mark.line + 1}" if mark else spec_path,
+                           f"not valid YAML ({getattr(err, 'problem', err)})", "fix the YAML syntax") from None
+    if not isinstance(spec, dict):
+        raise HistoryError(spec_path, "the top level must be a mapping", "write `runs: runs.csv`, `quality: ...`")
+    for key, kind in (("quality", dict), ("similarity", dict), ("runs", str), ("model_features", str),
+                      ("dataset_features", str), ("probe", str), ("profiles", str), ("label", str)):
+        if spec.get(key) is not None and not isinstance(spec[key], kind):
+            raise HistoryError(spec_path, f"`{key}` is {type(spec[key]).__name__} {spec[key]!r}",
+                               f"write `{key}` as a {'mapping' if kind is dict else 'file name' if key != 'label' else 'column name'}"
+                               " (see mc_bench.select.history)")
     sim_spec = spec.get("similarity")
     sim = None
     kind = "similarity"
@@ -532,6 +579,11 @@ def from_transfergraph(folder: str | Path, similarity: str | None = None, peft: 
         method = records["peft_method"].fillna("").astype(str).str.strip()
         records = records[method == (peft or "")]
     runs = records.rename(columns={"finetuned_dataset": "dataset"})[["model", "dataset", "eval_accuracy"]].copy()
+    accuracy = pd.to_numeric(runs["eval_accuracy"], errors="coerce")
+    if (accuracy > 1).any() and (accuracy <= 1).any():
+        row = int(np.flatnonzero(accuracy > 1)[0])
+        raise HistoryError(f"{records_path}, row {row + 2}", f"eval_accuracy {accuracy.iloc[row]} among fractions: "
+                           "percent and fractions mixed", "write every accuracy as a fraction in [0, 1]")
     runs["seed"] = runs.groupby(["model", "dataset"]).cumcount()  # repeated runs of a pair are averaged
 
     dist_path = transfergraph_similarity_file(folder, similarity)

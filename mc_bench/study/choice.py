@@ -48,7 +48,7 @@ from ..profile import extend_profiles, read_profiles, write_profiles
 from ..select.history import History, load_history
 from ..select.lodo import leave_one_dataset_out
 from ..select.methods import method as registered_method
-from ..world.data import read_image_folder
+from ..world.data import read_image_folder, validate_dataset
 from .runner import run_grid, study_lock
 from .report import write_contact_sheets
 from .tables import cell_dir, collect_tables, read_cell, write_history
@@ -263,6 +263,7 @@ def choose_for_folder(history: str | Path, images: str | Path, fine_tune: int | 
                f"({calibration})" if fine_tune == "auto" else "given (--fine-tune)")
         candidates = list(ranking.index[:k])
         manifest_dir = write_choice_manifests(out, base, recipe, candidates, name, data)
+        validate_dataset(load_manifests(manifest_dir), name)  # what fine-tuning will refuse, refused before it
         cells = run_grid(out, PROFILE_ID, manifest_dir, scheduler, workers, progress=progress, weights=weights)
         done = cells[cells["status"] == "done"]
         label = hist.label

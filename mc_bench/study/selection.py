@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..errors import InputError
 from ..select.halving import halving_evaluation, ranked_halving_evaluation
 from ..select.history import History, load_history
 from ..select.lodo import leave_one_dataset_out, paired_comparison
@@ -160,6 +161,30 @@ def probe_agreement(full: pd.DataFrame, cheap: pd.DataFrame, higher_is_better: b
     return pd.DataFrame(rows)
 
 
+def _study_inputs(study_dir: Path, timing_file: Path) -> dict:
+    """The study's tables that the costs read, checked before the leave-one-dataset-out (minutes) rather than after:
+    ``profiles/timing.json`` (returned), ``cells.csv`` and ``runs.csv`` with the columns used."""
+    try:
+        timing = json.loads(timing_file.read_text())
+        float(timing["seconds_per_dataset"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise InputError(timing_file, f"the profiling time cannot be read ({type(err).__name__}: {err})",
+                         "rerun 01_profile on the study (it writes timing.json), or restore the file") from None
+    for name, columns in (("cells.csv", ["model", "dataset", "status", "train", "sample", "evaluate"]),
+                          ("runs.csv", ["model", "dataset", "train_steps"])):
+        path = study_dir / name
+        try:
+            header = list(pd.read_csv(path, nrows=0).columns)
+        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+            raise InputError(path, f"cannot be read ({type(err).__name__})", "regenerate the study's tables "
+                             "(mc-bench run --profile NAME resumes and rewrites them)") from None
+        missing = [c for c in columns if c not in header]
+        if missing:
+            raise InputError(path, f"columns {missing} are missing", "regenerate the study's tables (mc-bench run "
+                             "--profile NAME resumes and rewrites them)")
+    return timing
+
+
 def study_selection(study_dir: str | Path, n_jobs: int = 1, seed: int = 0, level: float = 0.9, eta: float = 2,
                     out_dir: str | Path | None = None, history_dir: str | Path | None = None,
                     timing_file: str | Path | None = None) -> dict[str, pd.DataFrame]:
@@ -170,6 +195,7 @@ def study_selection(study_dir: str | Path, n_jobs: int = 1, seed: int = 0, level
     study_dir = Path(study_dir)
     out_dir = Path(out_dir) if out_dir else study_dir
     history = load_history(Path(history_dir) if history_dir else study_dir / "history")
+    timing = _study_inputs(study_dir, Path(timing_file or study_dir / "profiles" / "timing.json"))
     out = out_dir / "selection"
     out.mkdir(parents=True, exist_ok=True)
     histories, probes = study_histories(study_dir, history)
@@ -177,7 +203,6 @@ def study_selection(study_dir: str | Path, n_jobs: int = 1, seed: int = 0, level
     lodo.to_csv(out / "lodo.csv", index=False)
     scores.to_csv(out / "scores.csv", index=False)
 
-    timing = json.loads(Path(timing_file or study_dir / "profiles" / "timing.json").read_text())
     probe_seconds = {p: float(t.reindex(columns=history.datasets).sum(axis=0, min_count=1).mean())
                      for p, t in probes.items()}
     costs = [selection_costs(lodo, timing["seconds_per_dataset"], probe_seconds)]

@@ -359,6 +359,9 @@ def _finetune_locked(config: FinetuneConfig, sample: bool, stop_after: int | Non
     except McBenchError as err:
         write_status(run_dir, "failed", step=0, reason=str(err))
         raise
+    except Exception as err:  # any other start failure (an empty scheduler folder, LoRA targets matching nothing…)
+        write_status(run_dir, "failed", step=0, reason=f"the run could not start ({type(err).__name__}: {err})")
+        raise
     resumed_from = trainer.step
     write_status(run_dir, "running", step=trainer.step, resumed_from=resumed_from or None)
     if device.type == "cuda":
@@ -377,6 +380,11 @@ def _finetune_locked(config: FinetuneConfig, sample: bool, stop_after: int | Non
         return write_status(run_dir, "failed", step=trainer.step,
                             reason=f"{err}; lower train.learning_rate or check the dataset's images "
                                    f"(the checkpoints before it are kept in {run_dir / CHECKPOINTS})")
+    except Exception as err:  # never leave a run that stopped saying "running"
+        _write_losses(run_dir / "loss.csv", trainer.losses)
+        write_status(run_dir, "failed", step=trainer.step, reason=f"training stopped at step {trainer.step + 1} "
+                     f"({type(err).__name__}: {err}); the checkpoints before it are kept in {run_dir / CHECKPOINTS}")
+        raise
     train_seconds = time.perf_counter() - start
     _write_losses(run_dir / "loss.csv", trainer.losses)
     trainer.save_weights()

@@ -92,7 +92,7 @@ def read_samples(run_dir: Path, limit: int | None = None) -> tuple[np.ndarray, l
     regenerate = "regenerate the samples: rerun `mc-bench finetune` with the same settings on this run folder"
     if not table_path.is_file():
         raise InputError(table_path, "no samples table", "run `mc-bench finetune` (it generates) on this run folder")
-    table = pd.read_csv(table_path)
+    table = pd.read_csv(table_path, keep_default_na=False)  # an empty caption stays "", not "nan"
     if len(table) == 0:
         raise InputError(table_path, "the samples table has no rows", regenerate)
     table = table.head(limit) if limit is not None else table

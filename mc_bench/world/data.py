@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..config import DatasetSpec, Manifests, WorldSettings, resolve_folder
 from ..errors import ManifestError
-from ..images import LazyImages
+from ..images import LazyImages, rgb8
 from ..paths import cache_dir, hub_id
 
 MODE_FOR_CHANNELS = {3: "RGB", 1: "L"}
@@ -157,6 +158,10 @@ def read_split(folder: Path, split: str, caption_column: str = "text") -> tuple[
     return np.stack(images[:]), captions
 
 
+FEW_IMAGES = 16  # a new folder with fewer images is profiled with a warning
+MAX_SIDE = 1024  # a new folder's images are read at most this large (profiles use a few hundred pixels)
+
+
 def read_image_folder(folder: str | Path, caption_column: str = "text") -> tuple[list[np.ndarray], list[str]]:
     """A new dataset a user points at: ``folder/metadata.jsonl`` (or ``folder/train/metadata.jsonl``) with
     ``file_name`` and a caption per row. Images of any size and mode, returned as RGB ``uint8`` arrays. Every row is
@@ -170,6 +175,14 @@ def read_image_folder(folder: str | Path, caption_column: str = "text") -> tuple
     rows = _read_metadata(meta)
     if not rows:
         raise ManifestError(meta, "no rows", "list the folder's images in metadata.jsonl")
+    names = [row.get("file_name") for _, row in rows]
+    repeated = sorted({n for n in names if isinstance(n, str) and names.count(n) > 1})
+    if repeated:
+        warnings.warn(f"{meta}: {len(repeated)} images are listed more than once (e.g. {repeated[0]!r}): each "
+                      "counts again in the profile", stacklevel=2)
+    if len(rows) < FEW_IMAGES:
+        warnings.warn(f"{meta}: {len(rows)} images; a profile (and a similarity) from fewer than {FEW_IMAGES} "
+                      "is noisy", stacklevel=2)
     images, captions = [], []
     root = split_dir.resolve()
     for line_no, row in rows:
@@ -184,7 +197,7 @@ def read_image_folder(folder: str | Path, caption_column: str = "text") -> tuple
             raise ManifestError(where, f"empty caption in column {caption_column!r}", "write a caption for the image")
         try:
             with Image.open(target) as im:
-                images.append(np.asarray(im.convert("RGB")))
+                images.append(rgb8(im, MAX_SIDE))
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
             raise ManifestError(where, f"image {name} is corrupt or truncated ({err})",
                                 "re-export the image or remove its row from metadata.jsonl") from None

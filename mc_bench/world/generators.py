@@ -433,11 +433,11 @@ def dataset_seed(dataset_id: str) -> int:
 def generate(spec, resolution: int) -> tuple[np.ndarray, list[str]]:
     """Images and captions of a ``world:`` dataset spec (see :class:`mc_bench.config.DatasetSpec`)."""
     name = spec.source.split(":", 1)[1]
-    params = dict(spec.params)
+    params = _ReadKeys(spec.params)
     n = int(params.pop("n_images", 400))
     rng = np.random.default_rng(dataset_seed(spec.id))
     try:
-        return GENERATORS[name](params, n, resolution, rng)
+        out = GENERATORS[name](params, n, resolution, rng)
     except McBenchError:  # a missing source (e.g. the animal-mnist wheel) says so itself
         raise
     except (ValueError, KeyError) as err:
@@ -445,6 +445,36 @@ def generate(spec, resolution: int) -> tuple[np.ndarray, list[str]]:
             f"datasets.yaml, entry {spec.id!r}, field `params`", f"bad generator parameters ({err})",
             f"see mc_bench/world/generators.py::gen_{name} for the parameters it takes",
         ) from None
+    unknown = sorted(set(params) - params.read)
+    if unknown:  # a misspelled parameter would otherwise be ignored in silence
+        raise ManifestError(f"datasets.yaml, entry {spec.id!r}, field `params`",
+                            f"parameters {unknown} are not read by the {name} generator (it read {sorted(params.read)})",
+                            f"correct the names; see mc_bench/world/generators.py::gen_{name}")
+    return out
+
+
+class _ReadKeys(dict):
+    """A parameter dict that remembers which keys a generator read (``get``, ``[]``, ``pop``, ``in``)."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.read: set = set()
+
+    def get(self, key, default=None):
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key):
+        self.read.add(key)
+        return super().__contains__(key)
+
+    def pop(self, key, *default):
+        self.read.add(key)
+        return super().pop(key, *default)
 
 
 def _write_split(folder: Path, images: np.ndarray, captions: list[str], caption_column: str) -> None:
@@ -465,9 +495,16 @@ def build_dataset(spec, resolution: int, eval_fraction: float, out: Path, overwr
     """Write a ``world:`` dataset to ``out`` (imagefolder layout). Written to a temporary folder first and moved
     into place at the end, so an interrupted build leaves nothing half-written."""
     out = Path(out)
+    info = {"id": spec.id, "source": spec.source, "params": spec.params, "resolution": resolution,
+            "eval_fraction": eval_fraction, "world_version": WORLD_VERSION}
     if out.exists() and not overwrite:
-        return out
-    images, captions = generate(spec, resolution)
+        try:
+            built = json.loads((out / "world.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            built = None
+        if built is not None and json.dumps(built, sort_keys=True) == json.dumps(info, sort_keys=True, default=str):
+            return out  # built from these very parameters
+    images, captions = generate(spec, resolution)  # new, or its parameters changed since it was built
     order = np.random.default_rng(dataset_seed(spec.id) + 1).permutation(len(images))
     n_eval = max(1, int(round(len(images) * eval_fraction)))
     splits = {spec.splits.eval: order[:n_eval], spec.splits.train: order[n_eval:]}
@@ -477,8 +514,6 @@ def build_dataset(spec, resolution: int, eval_fraction: float, out: Path, overwr
         for split, idx in splits.items():
             idx = np.sort(idx)
             _write_split(tmp / split, images[idx], [captions[i] for i in idx], spec.caption_column)
-        info = {"id": spec.id, "source": spec.source, "params": spec.params, "resolution": resolution,
-                "eval_fraction": eval_fraction, "world_version": WORLD_VERSION}
         (tmp / "world.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
         if out.exists():
             shutil.rmtree(out)
