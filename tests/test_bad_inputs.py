@@ -784,8 +784,16 @@ def case_study_selection_with_a_corrupt_timing_file(tmp_path):
 CASES = {name[5:]: fn for name, fn in dict(globals()).items() if name.startswith("case_")}
 
 
-def test_there_are_at_least_40_cases():
+def test_there_are_at_least_40_cases_and_the_reliability_page_lists_them():
     assert len(CASES) >= 40, len(CASES)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("reliability_doc", REPO_ROOT / "scripts" / "reliability_doc.py")
+    doc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(doc)
+    assert sorted(name for _, name, _ in doc.cases()) == sorted(CASES)
+    page = (REPO_ROOT / "docs" / "reliability.md").read_text()
+    assert f"**{len(CASES)} cases.**" in page, "regenerate it: .venv/bin/python scripts/reliability_doc.py"
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
