@@ -153,9 +153,14 @@ def _images_as_new_dataset(history, images_arg: str, manifests_dir):
         images, captions = read_image_folder(folder)
         dataset = f"new:{folder.resolve().name}"
     else:
+        from .errors import InputError
         from .world.data import load_dataset_split
 
-        images, captions = load_dataset_split(load_manifests(manifests_dir), images_arg, "train")
+        manifests = load_manifests(manifests_dir)
+        if images_arg not in manifests.datasets:
+            raise InputError(f"--images {images_arg}", "not a folder, nor a dataset id of datasets.yaml",
+                             "pass an image folder (with metadata.jsonl) that exists, or a dataset id")
+        images, captions = load_dataset_split(manifests, images_arg, "train")
         dataset = images_arg
     return add_image_dataset(history, images, captions, dataset), dataset, len(images)
 

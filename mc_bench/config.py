@@ -319,6 +319,9 @@ def load_manifests(folder: str | os.PathLike | None = None, check_profiles: bool
 
     for profile in profiles.values() if check_profiles else ():
         for kind, ids, known in (("model", profile.models, models), ("dataset", profile.datasets, datasets)):
+            if kind == "dataset" and not datasets:
+                raise ManifestError(ds_path, "it lists no datasets", "add the datasets the profiles name "
+                                    "(`datasets:` followed by `- id: ...` entries)")
             for item in ids:
                 if item not in known:
                     raise ManifestError(

@@ -86,3 +86,43 @@ def load_yaml(text: str):
         raise yaml.composer.ComposerError(None, None, f"its aliases expand to {expanded(root):,} nodes (a YAML alias "
                                           "bomb)", root.start_mark)
     return yaml.load(text, Loader=StrictLoader)
+
+
+def read_table(path: str | Path, error):
+    """A CSV or Parquet table, or one ``error(where, problem, fix)`` naming what is wrong with the file: missing,
+    empty, not UTF-8 (UTF-16 is named), a spreadsheet or archive renamed ``.csv``, separated by ``;`` or tabs
+    instead of commas, a row with more fields than the header, a Parquet file that is not one."""
+    import io as _io
+
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise error(path, "table not found", "check the file name (and the folder it is read from)")
+    data = path.read_bytes()
+    if path.suffix == ".parquet":
+        try:
+            return pd.read_parquet(_io.BytesIO(data))
+        except Exception as err:  # pyarrow's ArrowInvalid and friends
+            raise error(path, f"not a readable Parquet file ({type(err).__name__})",
+                        "rewrite it with DataFrame.to_parquet, or give a CSV") from None
+    if not data.strip():
+        raise error(path, "the file is empty", "write the header and one row per record")
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise error(path, "the file is UTF-16 text", "save it as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)")
+    if data[:4] == b"PK\x03\x04":
+        raise error(path, "the file is a zip archive (an .xlsx spreadsheet renamed?), not CSV text",
+                    "export the sheet as CSV (comma-separated, UTF-8)")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise error(path, f"not UTF-8 text (byte {err.start})", "save the table as UTF-8 CSV") from None
+    header = text.splitlines()[0]
+    for sep, name in ((";", "semicolons"), ("\t", "tabs")):
+        if sep in header and "," not in header:
+            raise error(path, f"the columns are separated by {name}, not commas", "save it comma-separated")
+    try:
+        return pd.read_csv(_io.StringIO(text))
+    except pd.errors.ParserError as err:
+        raise error(path, f"the rows do not match the header ({err})".replace("\n", " "),
+                    "give every row as many fields as the header (quote fields that contain commas)") from None

@@ -394,9 +394,14 @@ def read_profiles(folder: str | Path) -> DatasetProfiles:
         if not (folder / name).is_file():
             raise InputError(folder / name, "missing from the profiles folder",
                              "profile the datasets again (notebook 01_profile, or mc-bench run)")
+    try:
+        meta = json.loads((folder / "profile.json").read_text())
+    except json.JSONDecodeError as err:
+        raise InputError(folder / "profile.json", f"not valid JSON (line {err.lineno})",
+                         "profile the datasets again (notebook 01_profile, or mc-bench run)") from None
     return DatasetProfiles(features=pd.read_csv(folder / "dataset_features.csv"),
                            embeddings=pd.read_csv(folder / "embeddings.csv"),
                            similarity=pd.read_csv(folder / "similarity.csv", index_col=0),
                            distributions=pd.read_parquet(folder / "distributions.parquet"),
                            distances=pd.read_csv(folder / "distances.csv"),
-                           meta=json.loads((folder / "profile.json").read_text()))
+                           meta=meta)

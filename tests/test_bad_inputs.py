@@ -781,6 +781,56 @@ def case_study_selection_with_a_corrupt_timing_file(tmp_path):
     assert "train_steps" in err.problem
 
 
+def case_history_tables_that_are_not_comma_separated_utf8(tmp_path):
+    folder = _history_folder(tmp_path, _runs())
+    text = (folder / "runs.csv").read_text()
+    for content, needle in ((b"", "empty"), (text.encode("utf-16"), "UTF-16"), (b"PK\x03\x04junk", "zip archive"),
+                            (text.replace(",", ";").encode(), "semicolons"),
+                            ((text + "a,d0,1.0,extra,fields\n").encode(), "rows do not match"),
+                            ("model,dataset,fid\na,d0,\xe9\n".encode("latin-1"), "not UTF-8")):
+        (folder / "runs.csv").write_bytes(content)
+        err = expect(HistoryError, lambda: load_history(folder), "runs.csv")
+        assert needle in err.problem, (needle, err.problem)
+    (folder / "runs.parquet").write_bytes(b"not parquet")
+    (folder / "history.yaml").write_text(yaml.safe_dump({"runs": "runs.parquet", "quality": {"fid": "lower"}}))
+    expect(HistoryError, lambda: load_history(folder), "runs.parquet", "to_parquet")
+
+
+def case_truncated_run_config_and_profile_json(tmp_path, done_run):
+    from mc_bench.profile import read_profiles
+    from mc_bench.train.runs import load_run_config
+
+    run = _copy_run(done_run, tmp_path)
+    (run / "config.json").write_text((run / "config.json").read_text()[:40])
+    expect(InputError, lambda: load_run_config(run), "config.json", "rerun")
+    profiles = tmp_path / "profiles"
+    shutil.copytree(REPO_ROOT / "results" / "cpu-paper" / "profiles", profiles)
+    (profiles / "profile.json").write_text('{"backbone": "tiny')
+    expect(InputError, lambda: read_profiles(profiles), "profile.json", "profile the datasets again")
+
+
+def case_misleading_messages_made_precise(tmp_path):
+    folder = _manifest_folder(tmp_path, datasets=[], profiles=[{"id": "p", "datasets": ["x"]}])
+    expect(ManifestError, lambda: load_manifests(folder), "datasets.yaml", "add the datasets")
+    images = tmp_path / "imgs"
+    images.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(images / "a.png")
+    (images / "metadata.jsonl").write_text(json.dumps({"file_name": "a.png", "caption": "a black square"}) + "\n")
+    err = expect(ManifestError, lambda: read_image_folder(images), "row 1", "'text'")
+    assert "'caption'" in err.problem
+    (images / "loop.png").symlink_to(images / "loop.png")
+    (images / "metadata.jsonl").write_text(json.dumps({"file_name": "loop.png", "text": "x"}) + "\n")
+    expect(ManifestError, lambda: read_image_folder(images), "row 1", "replace it")
+    expect_cli(["choose", REPO_ROOT / "results" / "cpu-paper", "--images", tmp_path / "no-such-folder"],
+               "not a folder, nor a dataset id")
+
+
+def case_unreachable_scheduler(tmp_path):
+    from mc_bench.study.runner import _client
+
+    expect(InputError, lambda: _client("tcp://127.0.0.1:9", 1, 0), "--scheduler", "dask scheduler")
+
+
 CASES = {name[5:]: fn for name, fn in dict(globals()).items() if name.startswith("case_")}
 
 

@@ -55,17 +55,14 @@ import yaml
 
 from ..errors import HistoryError
 from ..io import load_yaml
+from ..io import read_table as read_any_table
 
 Direction = Literal["higher", "lower"]
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
-    path = Path(path)
-    if not path.is_file():
-        raise HistoryError(path, "table not found", "check the file name in history.yaml")
-    if path.suffix == ".parquet":
-        return pd.read_parquet(path)
-    return pd.read_csv(path)
+    """A history's table (CSV or Parquet), a problem with the file being one :class:`HistoryError`."""
+    return read_any_table(path, HistoryError)
 
 
 @dataclass(frozen=True)

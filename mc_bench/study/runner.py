@@ -249,7 +249,12 @@ def _client(scheduler: str | None, workers: int, gpus: int):
     from dask.distributed import Client, LocalCluster
 
     if scheduler:
-        return Client(scheduler), None
+        try:
+            return Client(scheduler, timeout="20s"), None
+        except (OSError, TimeoutError) as err:
+            raise InputError(f"--scheduler {scheduler}", f"no Dask scheduler answers there ({type(err).__name__})",
+                             "start one (dask scheduler) and pass its address, e.g. tcp://host:8786, or leave "
+                             "--scheduler out for a local cluster") from None
     resources = {"GPU": gpus} if gpus else None
     env = {}
     if gpus:  # one GPU per local worker: without this every worker's kernels would share GPU 0

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..config import GenerateSettings, Manifests, ModelSpec, TrainSettings, load_manifests, resolve_folder, validated
 from ..errors import InputError, ManifestError
@@ -266,7 +266,11 @@ def load_run_config(run_dir: Path) -> FinetuneConfig:
     if not path.is_file():
         raise InputError(run_dir, "not a run folder (config.json is missing)",
                          "pass a folder written by `mc-bench finetune`")
-    return FinetuneConfig.model_validate_json(path.read_text())
+    try:
+        return FinetuneConfig.model_validate_json(path.read_text())
+    except ValidationError as err:
+        raise InputError(path, f"not a run's config ({err.errors()[0]['msg']})", "restore it, or rerun "
+                         "`mc-bench finetune` into a new run folder") from None
 
 
 def load_finetuned_pipeline(run_dir: Path, device: str | torch.device = "cpu", torch_dtype=torch.float32):

@@ -82,6 +82,9 @@ def _check_image(path: Path, where: str, channels: int) -> None:
         with Image.open(path) as im:
             im.load()  # decodes every byte: catches truncated and corrupt files
             mode = im.mode
+    except Image.DecompressionBombError as err:
+        raise ManifestError(where, f"image {path.name} is too large to decode safely ({err})",
+                            "shrink it, or remove its row from metadata.jsonl") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ManifestError(where, f"image {path.name} is corrupt or truncated ({err})",
                             "re-export the image or remove its row from metadata.jsonl") from None
@@ -190,14 +193,23 @@ def read_image_folder(folder: str | Path, caption_column: str = "text") -> tuple
         name, caption = row.get("file_name"), row.get(caption_column)
         if not isinstance(name, str) or not name:
             raise ManifestError(where, "`file_name` is missing", "give every row the image's file name")
-        target = (split_dir / name).resolve()
+        try:
+            target = (split_dir / name).resolve()
+        except (OSError, RuntimeError):  # a symlink loop
+            raise ManifestError(where, f"image {name!r} is a symbolic link that loops", "replace it by the image file") from None
         if not target.is_relative_to(root) or not target.is_file():
             raise ManifestError(where, f"image {name!r} is missing or outside the folder", f"add {split_dir / name}")
+        if caption_column not in row:
+            raise ManifestError(where, f"no {caption_column!r} key (the row has {sorted(row)})",
+                                f"name the caption {caption_column!r}: {{\"file_name\": ..., \"{caption_column}\": ...}}")
         if not isinstance(caption, str) or not caption.strip():
             raise ManifestError(where, f"empty caption in column {caption_column!r}", "write a caption for the image")
         try:
             with Image.open(target) as im:
                 images.append(rgb8(im, MAX_SIDE))
+        except Image.DecompressionBombError as err:
+            raise ManifestError(where, f"image {name} is too large to decode safely ({err})",
+                                "shrink it, or remove its row from metadata.jsonl") from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
             raise ManifestError(where, f"image {name} is corrupt or truncated ({err})",
                                 "re-export the image or remove its row from metadata.jsonl") from None
