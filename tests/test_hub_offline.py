@@ -107,3 +107,14 @@ def test_a_hub_dataset_missing_from_the_cache_is_not_checked_offline(offline_hub
     (offline_hub / "datasets.yaml").write_text(text)
     row = preflight("hub", offline_hub, online=False, study_dir=tmp_path).set_index("subject").loc["noisy"]
     assert row["status"] == "not checked" and "v9.9" in row["detail"]
+
+
+def test_an_offline_grid_refuses_a_hub_dataset_missing_from_the_cache_before_any_cell(offline_hub, tmp_path):
+    from mc_bench.study.runner import broken_datasets
+    from mc_bench.config import load_manifests
+
+    text = (offline_hub / "datasets.yaml").read_text().replace("revision: v1.0", "revision: v9.9")
+    (offline_hub / "datasets.yaml").write_text(text)
+    m = load_manifests(offline_hub)
+    broken = broken_datasets(m, m.profile("hub"))
+    assert "noisy" in broken and "not in the local hub cache" in broken["noisy"] and "huggingface-cli" in broken["noisy"]

@@ -324,7 +324,10 @@ def resize_shorter(images: Sequence[np.ndarray], resolution: int) -> Sequence[np
 
 def validate_dataset(manifests: Manifests, dataset_id: str) -> None:
     """Check a manifest dataset before anything reads it for training: a folder dataset row by row and image by
-    image (:func:`validate_folder`); world datasets are validated as they are built; hub datasets by ``datasets``."""
+    image (:func:`validate_folder`); world datasets are validated as they are built; hub datasets by ``datasets``
+    (offline: that the local hub cache holds them at their revision)."""
     spec = manifests.dataset(dataset_id)
     if spec.source_kind == "folder":
         validate_folder(dataset_folder(manifests, spec), spec, manifests.world)
+    elif spec.source_kind == "hub" and hub_offline():  # offline, a dataset must be in the hub cache: said up front
+        hub_snapshot(spec)
