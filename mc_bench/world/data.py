@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..config import DatasetSpec, Manifests, WorldSettings, resolve_folder
-from ..errors import ManifestError
+from ..errors import InputError, ManifestError
 from ..images import LazyImages, rgb8
 from ..paths import cache_dir, hub_id
 
