@@ -831,6 +831,25 @@ def case_unreachable_scheduler(tmp_path):
     expect(InputError, lambda: _client("tcp://127.0.0.1:9", 1, 0), "--scheduler", "dask scheduler")
 
 
+def case_world_cache_not_writable(tmp_path, monkeypatch):
+    from mc_bench.world.data import read_world_split
+
+    if os.geteuid() == 0:  # root writes anywhere: a read-only folder is simulated by the error it would raise
+        import mc_bench.world.generators as generators
+
+        monkeypatch.setattr(generators, "build_dataset", lambda *a, **k: (_ for _ in ()).throw(
+            PermissionError(13, "Permission denied")))
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    cache.chmod(0o500)
+    monkeypatch.setenv("MC_BENCH_CACHE", str(cache))
+    try:
+        expect(InputError, lambda: read_world_split(load_manifests(), "shapes-new", "train"), "cache",
+               "MC_BENCH_CACHE")
+    finally:
+        cache.chmod(0o700)
+
+
 CASES = {name[5:]: fn for name, fn in dict(globals()).items() if name.startswith("case_")}
 
 

@@ -237,7 +237,11 @@ def read_world_split(manifests: Manifests, dataset_id: str, role: str = "train",
 
     spec = manifests.dataset(dataset_id)
     folder = world_folder(root or cache_dir(), spec, manifests.world.resolution)
-    build_dataset(spec, manifests.world.resolution, manifests.world.eval_fraction, folder)
+    try:
+        build_dataset(spec, manifests.world.resolution, manifests.world.eval_fraction, folder)
+    except PermissionError as err:
+        raise InputError(folder.parent, f"the cache folder cannot be written ({err.strerror})",
+                         "set MC_BENCH_CACHE to a folder you can write to") from None
     split = spec.splits.train if role == "train" else spec.splits.eval
     return read_split(folder, split, spec.caption_column)
 
