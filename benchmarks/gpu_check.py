@@ -132,7 +132,7 @@ def check_lora_alpha(out: Path, small: bool) -> None:
         trainer.train_step()
     trainer.unet.eval()
     trained = denoiser_output(trainer.unet, device)
-    ft.save_lora(trainer.unet, out / "alpha" / runs.LORA_DIR)
+    ft.families.save_lora(trainer.unet, ft.families.family_of(trainer.pipe), out / "alpha" / runs.LORA_DIR)
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.set_verbosity_error()  # "no LoRA keys for the text encoder": only the UNet is adapted

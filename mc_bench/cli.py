@@ -209,9 +209,6 @@ def choose_cmd(args) -> int:
     history = _selection_history(args.history, args.transfergraph)
     dataset = args.dataset
     n_images = None
-    if sum(x is not None for x in (args.dataset, args.new_dataset, args.images)) != 1:
-        raise HistoryError(args.history, "give exactly one of --dataset, --new-dataset and --images",
-                           "pass --dataset ID, --new-dataset FILE.json or --images FOLDER")
     if args.new_dataset:
         try:
             spec = json.loads(Path(args.new_dataset).read_text())
@@ -495,7 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--manifests", default=None, help="folder of datasets/models/profiles.yaml")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    world = sub.add_parser("world", help="the offline world: datasets (and, later, models)")
+    world = sub.add_parser("world", help="the offline world: its datasets and its zoo of tiny models")
     world_sub = world.add_subparsers(dest="world_command", required=True)
     wd = world_sub.add_parser("datasets", help="build, validate and list the world's datasets")
     wd.add_argument("--json", action="store_true", help="print the table as JSON")
@@ -522,9 +519,10 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("history", help="a history folder (history.yaml), a study folder (results/<profile>), or "
                                     "TransferGraph records with --transfergraph")
     ch.add_argument("--transfergraph", action="store_true", help="HISTORY is in TransferGraph's public format")
-    ch.add_argument("--dataset", help="a dataset of the history (its own runs are held out)")
-    ch.add_argument("--new-dataset", help='JSON file: {"id": ..., "features": {...}, "similarity": {...}}')
-    ch.add_argument("--images", help="an image folder (metadata.jsonl with file_name and text) or a datasets.yaml id: "
+    target = ch.add_mutually_exclusive_group(required=True)  # what to choose for: exactly one
+    target.add_argument("--dataset", help="a dataset of the history (its own runs are held out)")
+    target.add_argument("--new-dataset", help='JSON file: {"id": ..., "features": {...}, "similarity": {...}}')
+    target.add_argument("--images", help="an image folder (metadata.jsonl with file_name and text) or a datasets.yaml id: "
                                      "profiled like the history's datasets")
     ch.add_argument("--level", type=float, default=0.9,
                     help="conformal shortlist level (0 for none): the smallest set that holds the best model with "

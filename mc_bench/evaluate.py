@@ -23,7 +23,6 @@ A metric whose weights are missing is recorded as *not computed* with the reason
 from __future__ import annotations
 
 import hashlib
-import json
 import warnings
 from functools import partial
 from pathlib import Path
@@ -350,7 +349,8 @@ def evaluate_samples(fake: np.ndarray, captions: list[str], real_feats_fn, setti
     def missing(metrics, err, **prov):
         if not settings.allow_missing:
             raise err
-        return [_row(m, reason=str(err), versions=versions, n_fake=len(fake), **prov) for m in metrics]
+        reason = str(err).replace(str(Path.home()) + "/", "~/")  # a recorded reason names no one's home folder
+        return [_row(m, reason=reason, versions=versions, n_fake=len(fake), **prov) for m in metrics]
 
     if wanted & {"fid", "kid"}:
         rows += _fid_kid_rows(fake, real_feats_fn, settings, weights, wanted, versions, missing, device)

@@ -54,3 +54,15 @@ def hub_id(source: str) -> str:
     if not is_hub(source):
         raise ValueError(f"{source!r} is not a hub source ({HUB_PREFIX}<id>)")
     return source[len(HUB_PREFIX):]
+
+
+def repo_relative(path: str | Path | None) -> str | None:
+    """``path`` as recorded in a committed output: relative to the repository root when it lies inside it (an
+    absolute path names the machine that made the file), as it is otherwise; :func:`resolve` reads it back."""
+    if path is None:
+        return None
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT)) if path.is_absolute() else str(path)
+    except ValueError:
+        return str(path)

@@ -1,9 +1,10 @@
-"""Regenerate the README's cpu-paper table from results/cpu-paper/selection_summary.csv (run after the study).
+"""Regenerate the cpu-paper tables from results/cpu-paper/selection_summary.csv (run after the study).
 
     .venv/bin/python scripts/readme_tables.py
 
-The table in README.md starts at the line ``| method | tier | top-1 (95 % CI) ...`` and ends at the first blank line;
-it is replaced in place, so that every number in it is one the study produced.
+The full table in docs/results.md starts at the line ``| method | tier | top-1 (95 % CI) ...``, the README's headline
+table at ``| method | tier | top-1 | mean regret ...``; each ends at the first blank line and is replaced in place,
+so that every number in them is one the study produced.
 """
 
 from pathlib import Path
@@ -46,15 +47,37 @@ def table(summary: pd.DataFrame) -> list[str]:
     return lines
 
 
-def main() -> None:
-    readme = ROOT / "README.md"
-    lines = readme.read_text().split("\n")
-    start = lines.index(HEADER)
+HEADLINE_HEADER = "| method | tier | top-1 | mean regret | against M&C: verdict (its wins–losses) | seconds per new dataset |"
+HEADLINE = ["M&C", "nearest-dataset", "history-weighted", "global-best", "TransferGraph (XGBoost, node2vec+)", "probe",
+            "M&C + cheap probe", "M&C-first halving", "exhaustive fine-tuning"]
+
+
+def headline(summary: pd.DataFrame) -> list[str]:
+    lines = [HEADLINE_HEADER, "| --- | --- | --- | --- | --- | --- |"]
+    rows = summary.set_index("method")
+    for method in HEADLINE:
+        r = rows.loc[method]
+        versus = "–" if method == "M&C" else f"{r.verdict} ({int(r.wins)}–{int(r.losses)})"
+        seconds = f"{r.seconds_per_dataset:.1f}" if r.seconds_per_dataset < 10 else f"{r.seconds_per_dataset:.0f}"
+        lines.append(f"| {'**M&C**' if method == 'M&C' else method} | {r.tier} | {r.top1:.3f} | {r.mean_regret:.3f} | "
+                     f"{versus} | {seconds} |")
+    return lines
+
+
+def replace(path: Path, header: str, lines_: list[str]) -> None:
+    lines = path.read_text().split("\n")
+    start = lines.index(header)
     end = start
     while lines[end].strip():
         end += 1
-    lines[start:end] = table(pd.read_csv(ROOT / "results" / "cpu-paper" / "selection_summary.csv"))
-    readme.write_text("\n".join(lines))
+    lines[start:end] = lines_
+    path.write_text("\n".join(lines))
+
+
+def main() -> None:
+    summary = pd.read_csv(ROOT / "results" / "cpu-paper" / "selection_summary.csv")
+    replace(ROOT / "docs" / "results.md", HEADER, table(summary))
+    replace(ROOT / "README.md", HEADLINE_HEADER, headline(summary))
 
 
 if __name__ == "__main__":

@@ -97,3 +97,16 @@ def test_world_generators_match_the_manifest_schema():
     from mc_bench.world import GENERATORS
 
     assert tuple(GENERATORS) == WORLD_GENERATORS
+
+
+def test_no_unused_imports_or_undefined_names():
+    """pyflakes' checks (ruff's F rules) on the package, tests, benchmarks and scripts."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    ruff = Path(sys.executable).with_name("ruff")
+    proc = subprocess.run([str(ruff), "check", "--select", "F", "mc_bench", "tests", "benchmarks", "scripts"],
+                          cwd=root, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:]

@@ -65,7 +65,7 @@ def test_lora_round_trip_with_alpha_not_rank(tmp_path, model, family, pipeline, 
         assert np.isfinite(trainer.train_step())
     trainer.denoiser.eval()
     trained = families.denoiser_output(trainer.denoiser)
-    ft.save_lora(trainer.denoiser, tmp_path / "lora", trainer.family)
+    families.save_lora(trainer.denoiser, trainer.family, tmp_path / "lora")
     pipe = runs.load_pipeline(cfg)
     pipe.load_lora_weights(tmp_path / "lora", weight_name="pytorch_lora_weights.safetensors")
     assert (trained - base).abs().max() > 1e-4

@@ -73,7 +73,7 @@ def test_lora_round_trip_through_load_lora_weights(tmp_path, alpha):
         trainer.train_step()
     trainer.unet.eval()
     trained = unet_output(trainer.unet)
-    ft.save_lora(trainer.unet, tmp_path / "lora")
+    ft.families.save_lora(trainer.unet, ft.families.SD, tmp_path / "lora")
     pipe = runs.load_pipeline(cfg)
     pipe.load_lora_weights(tmp_path / "lora")
     reloaded = unet_output(pipe.unet)

@@ -9,7 +9,7 @@ from mc_bench.select import (GlobalBest, HistoryWeighted, MatchAndChoose, Neares
                              conformal_shortlist, default_methods, leave_one_dataset_out, shortlist_coverage,
                              shortlist_threshold)
 from mc_bench.select.collaborative import regret_matrix, top_pick_loss
-from mc_bench.select.graph import Node2Vec, SpectralGraphEmbedding, build_matching_graph, dataset_node, model_node
+from mc_bench.select.graph import Node2Vec, SpectralGraphEmbedding, build_matching_graph, dataset_node
 from mc_bench.select.synthetic import synthetic_history
 
 

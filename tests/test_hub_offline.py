@@ -5,6 +5,7 @@ Nothing is faked: `datasets`, `huggingface_hub` and diffusers read the cache as 
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,7 +19,7 @@ COMMIT_DATA = "a" * 40
 COMMIT_MODEL = "b" * 40
 
 
-def _hub_repo(hub: "Path", kind: str, repo: str, commit: str, revision: str):
+def _hub_repo(hub: Path, kind: str, repo: str, commit: str, revision: str):
     """``hub/<kind>s--org--name/`` with ``refs/<revision>`` -> ``commit`` and ``snapshots/<commit>/``."""
     folder = hub / f"{kind}s--{repo.replace('/', '--')}"
     (folder / "refs").mkdir(parents=True)

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from mc_bench.errors import HistoryError
-from mc_bench.select import GlobalBest, MatchAndChoose, Probe, default_methods, leave_one_dataset_out
+from mc_bench.select import MatchAndChoose, Probe, default_methods, leave_one_dataset_out
 from mc_bench.select.halving import halving_evaluation, halving_schedule, ranked_halving_evaluation, successive_halving
 from mc_bench.select.history import History, load_history
 from mc_bench.select.synthetic import synthetic_history, synthetic_tables

@@ -17,7 +17,7 @@ import yaml
 
 from mc_bench.paths import REPO_ROOT
 from mc_bench.study.runner import run_grid
-from mc_bench.study.tables import cell_dir, grid, read_cell, run_seconds
+from mc_bench.study.tables import cell_dir, read_cell, run_seconds
 
 
 def _records(study: Path) -> dict:

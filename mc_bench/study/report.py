@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import load_manifests
+from ..paths import resolve
 from ..evaluate import DIRECTIONS
 from ..images import labelled_rows, save_png, thumbnails
 from ..train.generate import read_samples
@@ -292,7 +293,8 @@ def write_contact_sheets(study_dir, n_images: int = 6, manifests=None) -> list:
     study_dir = Path(study_dir)
     record = json.loads((study_dir / "study.json").read_text())
     label = record["profile"]["evaluate"]["quality"]
-    m = load_manifests(manifests if manifests is not None else record.get("manifests"))
+    recorded = record.get("manifests")
+    m = load_manifests(manifests if manifests is not None else resolve(recorded) if recorded else None)
     performance = pd.read_csv(study_dir / "performance.csv")
     written = []
     for dataset, group in performance.groupby("dataset", sort=False):

@@ -62,6 +62,7 @@ from ..config import Manifests, Profile, load_manifests
 from ..errors import InputError
 from ..evaluate import DIRECTIONS, METRICS_FILE, quality_table
 from ..io import library_versions, write_json
+from ..paths import repo_relative
 from ..profile import profile_datasets, write_profiles
 from ..select.history import load_history
 
@@ -83,7 +84,7 @@ def grid(profile: Profile) -> list[tuple[str, str]]:
 
 def write_study_record(study_dir: Path, manifests: Manifests, profile: Profile) -> None:
     write_json(study_dir / "study.json", {"profile": profile.model_dump(mode="json"),
-                                          "manifests": str(manifests.folder), "versions": library_versions()})
+                                          "manifests": repo_relative(manifests.folder), "versions": library_versions()})
 
 
 def cells_table(study_dir: Path, profile: Profile) -> pd.DataFrame:
@@ -136,7 +137,8 @@ def _run_row(folder: Path, model: str, dataset: str) -> dict:
     config = json.loads((folder / "config.json").read_text())
     status = json.loads((folder / "status.json").read_text())
     timings = json.loads((folder / "timings.json").read_text()) if (folder / "timings.json").is_file() else {}
-    row = {"model": model, "dataset": dataset, "model_source": config.get("model_source"),
+    row = {"model": model, "dataset": dataset, "model_source": repo_relative(config.get("model_source"))
+           if not str(config.get("model_source", "")).startswith("hf:") else config.get("model_source"),
            "revision": config.get("revision"), "status": status.get("status"), "final_loss": status.get("final_loss")}
     for section, keys in RUN_SETTINGS.items():
         row.update({f"{section}_{k}": config[section].get(k) for k in keys})
@@ -332,79 +334,3 @@ def build_combined_history(study_dirs: list[str | Path], out: str | Path, manife
     pretrained = [p for p in (companion_study(d, "pretrained") for d in study_dirs) if p is not None]
     probe = pd.concat([probe_table(p, label) for p in pretrained], ignore_index=True) if pretrained else None
     return write_history(out, performance, out / "profiles", m, label, probe=probe)
-
-
-UNLEARNABLE_FID = 50.0  # a target whose best fine-tuned FID stays above this is flagged (tiny-CLIP feature units)
-
-
-def gains_table(study_dir: str | Path, pretrained_dir: str | Path, manifests: str | Path | None = None,
-                label: str = "fid") -> pd.DataFrame:
-    """What fine-tuning did to every cell: the label of the pretrained model (``<label>_pretrained``, from the
-    ``train.steps: 0`` companion study) beside the fine-tuned one (``<label>_finetuned``), the ``gain`` (positive =
-    better after fine-tuning, in label units), ``relative_gain`` (gain / |pretrained|), ``improved``, and
-    ``in_domain`` (the dataset's family is one the model was pretrained on, from ``models.yaml``'s
-    ``pretrain_domains``)."""
-    m = load_manifests(manifests)
-    after = pd.read_csv(Path(study_dir) / "performance.csv")[["model", "dataset", label]]
-    before = pd.read_csv(Path(pretrained_dir) / "performance.csv")[["model", "dataset", label]]
-    table = after.merge(before, on=["model", "dataset"], suffixes=("_finetuned", "_pretrained"))
-    sign = 1.0 if DIRECTIONS[label] == "higher" else -1.0
-    table["gain"] = sign * (table[f"{label}_finetuned"] - table[f"{label}_pretrained"])
-    table["relative_gain"] = table["gain"] / table[f"{label}_pretrained"].abs()
-    table["improved"] = table["gain"] > 0
-    domains = {mid: set(str(spec.metadata.get("pretrain_domains", "")).split(";")) for mid, spec in m.models.items()}
-    table["family"] = table["dataset"].map(lambda d: m.datasets[d].domain if d in m.datasets else "")
-    table["in_domain"] = [f in domains.get(model, set()) for model, f in zip(table["model"], table["family"])]
-    return table[["model", "dataset", "family", "in_domain", f"{label}_pretrained", f"{label}_finetuned", "gain",
-                  "relative_gain", "improved"]]
-
-
-def learnability(gains: pd.DataFrame, label: str = "fid", threshold: float = UNLEARNABLE_FID) -> pd.DataFrame:
-    """Per dataset: the best label before and after fine-tuning, the share of candidates fine-tuning improved, and
-    ``learnable`` — False when every candidate stays beyond ``threshold`` after fine-tuning (for FID: no model gets
-    near the data under the recipe, and the label there says little about fine-tuning)."""
-    higher = DIRECTIONS[label] == "higher"
-    best = (lambda s: s.max()) if higher else (lambda s: s.min())
-    rows = []
-    for dataset, g in gains.groupby("dataset", sort=False):
-        after, before = best(g[f"{label}_finetuned"]), best(g[f"{label}_pretrained"])
-        rows.append({"dataset": dataset, "family": g["family"].iloc[0], f"best_{label}_pretrained": before,
-                     f"best_{label}_finetuned": after, "share_improved": float(g["improved"].mean()),
-                     "learnable": bool(after >= threshold if higher else after <= threshold)})
-    return pd.DataFrame(rows)
-
-
-def gains_summary(gains: pd.DataFrame) -> pd.DataFrame:
-    """The recipe's effect in a few numbers, over all cells and over the in-domain ones: the share of cells that
-    fine-tuning improved, and the mean and median gain and relative gain."""
-    rows = []
-    for scope, g in (("all cells", gains), ("in-domain cells", gains[gains["in_domain"]])):
-        rows.append({"scope": scope, "cells": len(g), "share_improved": float(g["improved"].mean()),
-                     "mean_gain": float(g["gain"].mean()), "median_gain": float(g["gain"].median()),
-                     "mean_relative_gain": float(g["relative_gain"].mean())})
-    return pd.DataFrame(rows)
-
-
-def label_ceiling(study_dir: str | Path, replicate_dir: str | Path, label: str = "fid") -> pd.DataFrame:
-    """The label's own reproducibility: for every dataset run in both studies (the same cells with another training
-    and sampling seed), whether the two seeds agree on the best model, the Spearman correlation of the models'
-    labels, and how much the first seed's winner loses under the second seed (its regret there). The mean agreement
-    is the ceiling a selector's top-1 is read against: no method can predict a winner more reliably than the label
-    repeats itself."""
-    from scipy.stats import spearmanr
-
-    a = pd.read_csv(Path(study_dir) / "performance.csv").pivot(index="model", columns="dataset", values=label)
-    b = pd.read_csv(Path(replicate_dir) / "performance.csv").pivot(index="model", columns="dataset", values=label)
-    higher = DIRECTIONS[label] == "higher"
-    rows = []
-    for d in [c for c in b.columns if c in a.columns]:
-        pair = pd.concat([a[d], b[d]], axis=1, keys=["first", "second"]).dropna()
-        best_first = pair["first"].idxmax() if higher else pair["first"].idxmin()
-        best_second = pair["second"].idxmax() if higher else pair["second"].idxmin()
-        best = pair["second"].max() if higher else pair["second"].min()
-        chosen = pair.loc[best_first, "second"]
-        regret = (best - chosen) / abs(best) if higher else (chosen - best) / abs(best)
-        rows.append({"dataset": d, "n_models": len(pair), "winner_seed0": best_first, "winner_seed1": best_second,
-                     "same_winner": best_first == best_second,
-                     "spearman": float(spearmanr(pair["first"], pair["second"])[0]), "regret_of_seed0_winner": regret})
-    return pd.DataFrame(rows)

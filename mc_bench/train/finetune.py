@@ -100,11 +100,6 @@ def trainable_state(denoiser) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone().contiguous() for name, p in denoiser.named_parameters() if p.requires_grad}
 
 
-def save_lora(denoiser, folder: Path, family: families.Family = families.SD) -> None:
-    """Save the LoRA layers where the family's ``load_lora_weights`` reads them (:func:`.families.save_lora`)."""
-    families.save_lora(denoiser, family, folder)
-
-
 MAX_SKIPPED_STEPS = 10  # fp16: consecutive non-finite steps after which a run is failed
 
 
@@ -288,7 +283,7 @@ class Trainer:
 
     def save_weights(self) -> Path:
         if self.settings.method == "lora":
-            save_lora(self.denoiser, self.run_dir / LORA_DIR, self.family)
+            families.save_lora(self.denoiser, self.family, self.run_dir / LORA_DIR)
             return self.run_dir / LORA_DIR
         self.denoiser.save_pretrained(self.run_dir / self.family.denoiser, safe_serialization=True)
         return self.run_dir / self.family.denoiser

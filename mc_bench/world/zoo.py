@@ -25,12 +25,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ..config import Manifests
-from ..paths import CLIP_DIR, VAE_DIR, WORLD_MODELS
+from ..paths import CLIP_DIR, WORLD_MODELS
+
+if TYPE_CHECKING:  # pandas is imported where the tables are made
+    import pandas as pd
 
 LATENT_CHANNELS = 4
 
