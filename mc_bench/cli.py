@@ -177,7 +177,8 @@ def _shortlist_threshold(history, history_arg: str, level: float, method, label:
         lodo = pd.read_csv(lodo_path)
         gaps = lodo.loc[lodo["method"] == label, "best_gap"] if "best_gap" in lodo else pd.Series(dtype=float)
         if gaps.notna().any():
-            return shortlist_threshold(gaps, level), f"calibrated on {int(gaps.notna().sum())} held-out datasets of {lodo_path}"
+            where = f"calibrated on {int(gaps.notna().sum())} held-out datasets of {lodo_path}"
+            return shortlist_threshold(gaps, level), where
     lodo = leave_one_dataset_out(history, {label: method}, n_jobs=2)
     return (shortlist_threshold(lodo["best_gap"], level),
             f"calibrated now on {len(lodo)} held-out datasets (leave-one-dataset-out)")
@@ -402,7 +403,8 @@ def evaluate_cmd(args) -> int:
     overrides = read_config(args.config).get("evaluate", {}) if args.config else {}
     for section, fields in parse_overrides(args.set).items():
         if section != "evaluate":
-            raise InputError(f"--set {section}.*", "only evaluate.* settings apply here", "write --set evaluate.FIELD=VALUE")
+            raise InputError(f"--set {section}.*", "only evaluate.* settings apply here",
+                             "write --set evaluate.FIELD=VALUE")
         overrides.update(fields)
     settings = evaluate_settings(args.profile, overrides, args.manifests)
     table = evaluate_run(args.run_dir, settings, weights=args.weights)
@@ -410,7 +412,8 @@ def evaluate_cmd(args) -> int:
         print(table.to_json(orient="records", indent=1))
         return 0
     rows = [{**r, "value": "" if r["value"] != r["value"] else f"{r['value']:.4f}",
-             "note": r["reason"] if isinstance(r["reason"], str) and r["reason"] else (r["warning"] if isinstance(r["warning"], str) else "")}
+             "note": r["reason"] if isinstance(r["reason"], str) and r["reason"]
+             else (r["warning"] if isinstance(r["warning"], str) else "")}
             for r in table.to_dict(orient="records")]
     _print_table(rows, ["metric", "value", "status", "library", "backbone", "n_real", "n_fake"])
     notes = {r["note"] for r in rows if r["note"]}
@@ -474,7 +477,8 @@ def run_cmd(args) -> int:
     import pandas as pd
 
     table = pd.read_csv(study / "selection_summary.csv")
-    print(f"\nleave-one-dataset-out over {int(table['n_datasets'].max())} datasets ({study / 'selection_summary.csv'}):")
+    n_datasets = int(table["n_datasets"].max())
+    print(f"\nleave-one-dataset-out over {n_datasets} datasets ({study / 'selection_summary.csv'}):")
     _print_table([{"method": r["method"], "top1": f"{r['top1']:.3f}", "top3": f"{r['top3']:.3f}",
                    "mean_regret": f"{r['mean_regret']:.4f}",
                    "vs M&C (paired)": r["verdict"] if isinstance(r.get("verdict"), str) else ""}
@@ -522,7 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
     target = ch.add_mutually_exclusive_group(required=True)  # what to choose for: exactly one
     target.add_argument("--dataset", help="a dataset of the history (its own runs are held out)")
     target.add_argument("--new-dataset", help='JSON file: {"id": ..., "features": {...}, "similarity": {...}}')
-    target.add_argument("--images", help="an image folder (metadata.jsonl with file_name and text) or a datasets.yaml id: "
+    target.add_argument("--images", help="an image folder (metadata.jsonl with file_name and text) or a datasets.yaml "
+                                         "id: "
                                      "profiled like the history's datasets")
     ch.add_argument("--level", type=float, default=0.9,
                     help="conformal shortlist level (0 for none): the smallest set that holds the best model with "
@@ -577,7 +582,8 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--json", action="store_true")
     pf.set_defaults(func=preflight_cmd)
 
-    ru = sub.add_parser("run", help="the whole study of a profile: the grid on Dask, then profile, graph, choose, report")
+    ru = sub.add_parser("run", help="the whole study of a profile: the grid on Dask, then profile, graph, choose, "
+                                    "report")
     ru.add_argument("--profile", required=True, help="a profile of profiles.yaml (smoke, mini, cpu-paper, paper)")
     ru.add_argument("--out", default=None, help="study folder (default: results/<profile>)")
     ru.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler (default: a LocalCluster)")

@@ -266,7 +266,8 @@ def _entries(path: Path, data: dict, key: str) -> list[dict]:
     if entries is None:
         entries = []
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-        raise ManifestError(path, f"`{key}` must be a list of mappings", f"write `{key}:` followed by `- id: ...` items")
+        raise ManifestError(path, f"`{key}` must be a list of mappings",
+                            f"write `{key}:` followed by `- id: ...` items")
     return entries
 
 

@@ -49,7 +49,8 @@ COLUMNS = ["model", "dataset", "metric", "value", "std", "direction", "status", 
            "weights_sha256", "resize", "resolution", "n_real", "n_fake", "warning", "versions", "sampler"]
 METRICS_FILE = "metrics.csv"
 MIN_FID_IMAGES = 2  # a covariance and KID's subsets need two images on each side
-FID_KID_BACKENDS = (("fid", "torchmetrics"), ("fid_clean", "clean-fid"), ("kid", "torchmetrics"), ("kid_clean", "clean-fid"))
+FID_KID_BACKENDS = (("fid", "torchmetrics"), ("fid_clean", "clean-fid"), ("kid", "torchmetrics"),
+                    ("kid_clean", "clean-fid"))
 
 
 # ------------------------------------------------------------------------------------------------ features
@@ -264,7 +265,8 @@ def load_image_reward(weights: str | Path | None = None, device: str = "cpu"):
     class LocalBertTokenizer(BertTokenizer):
         @classmethod
         def from_pretrained(cls, name, *args, **kwargs):
-            return BertTokenizer.from_pretrained(tokenizer_dir if name == "bert-base-uncased" else name, *args, **kwargs)
+            source = tokenizer_dir if name == "bert-base-uncased" else name
+            return BertTokenizer.from_pretrained(source, *args, **kwargs)
 
     with mock.patch.object(blip, "BertTokenizer", LocalBertTokenizer):
         return RM.load(str(folder / "ImageReward.pt"), device=device, med_config=str(folder / "med_config.json"))

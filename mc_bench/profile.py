@@ -351,7 +351,8 @@ def _profile_against(profiles: DatasetProfiles, images, captions, clip_folder) -
 
 
 def add_image_dataset(history, images: list[np.ndarray], captions: list[str], dataset: str):
-    """``history`` (a :class:`~mc_bench.select.history.History` whose ``profiles`` folder is known) with a new dataset made
+    """``history`` (a :class:`~mc_bench.select.history.History` whose ``profiles`` folder is known) with a new dataset
+    made
     from ``images`` and ``captions``: profiled like the history's datasets (:func:`profile_new_dataset`, the backbone
     recorded in ``profile.json``), with its features and its similarity to every profiled dataset. A dataset of the
     history keeps its profile and loses its runs (it is recommended for as if it were new)."""

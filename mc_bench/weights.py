@@ -34,7 +34,8 @@ class Backbone:
 
 
 BACKBONES: dict[str, Backbone] = {b.name: b for b in (
-    Backbone("inception", "inception-2015-12-05.pt", "", "FID/KID with the standard Inception-v3 (fid_backbone: inception)",
+    Backbone("inception", "inception-2015-12-05.pt", "",
+             "FID/KID with the standard Inception-v3 (fid_backbone: inception)",
              "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"),
     Backbone("openai-clip", "clip-vit-large-patch14", "model.safetensors",
              "CLIP score with OpenAI CLIP ViT-L/14 (clip_model: openai-clip)", "hf:openai/clip-vit-large-patch14"),
@@ -79,8 +80,9 @@ def clip_weights(folder: str | os.PathLike) -> Path:
     if (folder / "model.safetensors").is_file():
         return folder / "model.safetensors"
     if (folder / "pytorch_model.bin").is_file():
-        raise InputError(folder / "pytorch_model.bin", "CLIP weights stored as a pickle are refused (loading one can run "
-                         "code)", "convert them: CLIPModel.from_pretrained(folder).save_pretrained(folder, "
+        raise InputError(folder / "pytorch_model.bin",
+                         "CLIP weights stored as a pickle are refused (loading one can run code)",
+                         "convert them: CLIPModel.from_pretrained(folder).save_pretrained(folder, "
                          "safe_serialization=True), then remove the .bin")
     raise InputError(folder, "no CLIP weights (model.safetensors) in the folder",
                      "point at a folder written by CLIPModel.save_pretrained")

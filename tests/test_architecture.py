@@ -99,8 +99,9 @@ def test_world_generators_match_the_manifest_schema():
     assert tuple(GENERATORS) == WORLD_GENERATORS
 
 
-def test_no_unused_imports_or_undefined_names():
-    """pyflakes' checks (ruff's F rules) on the package, tests, benchmarks and scripts."""
+def test_no_unused_imports_or_undefined_names_and_the_package_within_120_columns():
+    """pyflakes' checks (ruff's F rules) on the package, tests, benchmarks and scripts; the package's lines at most
+    120 characters (E501)."""
     import subprocess
     import sys
     from pathlib import Path
@@ -109,4 +110,7 @@ def test_no_unused_imports_or_undefined_names():
     ruff = Path(sys.executable).with_name("ruff")
     proc = subprocess.run([str(ruff), "check", "--select", "F", "mc_bench", "tests", "benchmarks", "scripts"],
                           cwd=root, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    proc = subprocess.run([str(ruff), "check", "--select", "E501", "--line-length", "120", "mc_bench"], cwd=root,
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:]

@@ -50,7 +50,8 @@ def ablations(history: History, targets: list[str] | None = None, base: MatchAnd
     for ratio in ratios:
         for seed in seeds:
             rng = np.random.default_rng(seed)
-            models = list(rng.choice(history.models, size=max(2, int(round(ratio * len(history.models)))), replace=False))
+            size = max(2, int(round(ratio * len(history.models))))
+            models = list(rng.choice(history.models, size=size, replace=False))
             sub = history.subset(models=sorted(models))
             methods = {"M&C": base, "history-weighted": HistoryWeighted(), "global-best": GlobalBest()}
             df = leave_one_dataset_out(sub, methods, targets, ks, n_jobs)

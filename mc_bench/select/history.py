@@ -101,11 +101,13 @@ class History:
         runs = runs.copy()
         for col in ("model", "dataset"):
             if col not in runs.columns:
-                raise HistoryError(f"{source}: runs", f"column {col!r} is missing", "name the columns model, dataset, <quality>")
+                raise HistoryError(f"{source}: runs", f"column {col!r} is missing",
+                                   "name the columns model, dataset, <quality>")
         runs["model"] = runs["model"].astype(str)
         runs["dataset"] = runs["dataset"].astype(str)
         if not quality:
-            raise HistoryError(f"{source}: runs", "no quality column declared", "declare quality: {column: higher|lower}")
+            raise HistoryError(f"{source}: runs", "no quality column declared",
+                               "declare quality: {column: higher|lower}")
         for col, direction in quality.items():
             if col not in runs.columns:
                 raise HistoryError(f"{source}: runs", f"quality column {col!r} is missing", "add it or fix `quality`")
@@ -138,7 +140,8 @@ class History:
                 row = runs.loc[again].iloc[0]
                 raise HistoryError(f"{source}: runs", f"({row['model']}, {row['dataset']}, seed {row['seed']}) appears "
                                    "more than once",
-                                   "keep one row per (model, dataset, seed): the same seed twice is one run recorded twice "
+                                   "keep one row per (model, dataset, seed): the same seed twice is one run recorded "
+                                   "twice "
                                    "(or a mistake), not two seeds to average")
         dup = runs.duplicated(["model", "dataset"], keep=False)
         if dup.any() and "seed" not in runs.columns:
@@ -155,7 +158,8 @@ class History:
             raise HistoryError(f"{source}: runs", f"only {len(datasets_with_runs)} datasets have runs",
                                "a history needs at least 3 datasets (one held out, two to learn from)")
         if len(models) < 2:
-            raise HistoryError(f"{source}: runs", f"only {len(models)} model has runs", "a history needs at least 2 models")
+            raise HistoryError(f"{source}: runs", f"only {len(models)} model has runs",
+                               "a history needs at least 2 models")
 
         mf = _feature_table(model_features, "model", models, source)
         pretrain: dict[str, tuple[str, ...]] = {}
@@ -339,7 +343,8 @@ class History:
         if probe is not None:
             values = pd.Series(probe, dtype=float).reindex(self.models)
             if values.isna().any() or not np.isfinite(values.to_numpy()).all():
-                raise HistoryError("new dataset: probe", f"no finite probe for models {list(values.index[~np.isfinite(values)])[:5]}",
+                missing = list(values.index[~np.isfinite(values)])[:5]
+                raise HistoryError("new dataset: probe", f"no finite probe for models {missing}",
                                    "probe every candidate model of the history")
             table = pd.DataFrame(index=pd.Index(self.models, name="model")) if table is None else table.copy()
             table[dataset] = values
@@ -395,7 +400,8 @@ def _feature_table(table: pd.DataFrame | None, key: str, ids: list[str], source:
                 table[col] = table[col].astype("category")
         vals = table[col]
         if pd.api.types.is_numeric_dtype(vals) and np.isinf(vals.to_numpy(dtype=float)).any():
-            raise HistoryError(f"{source}: {key}_features", f"column {col!r} has infinite values", "use NaN for unknown")
+            raise HistoryError(f"{source}: {key}_features", f"column {col!r} has infinite values",
+                               "use NaN for unknown")
     return table
 
 
@@ -470,7 +476,8 @@ def load_history(folder: str | Path) -> History:
     folder = Path(folder)
     spec_path = folder / "history.yaml"
     if not spec_path.is_file():
-        raise HistoryError(spec_path, "history.yaml not found", "describe the tables in history.yaml (see mc_bench.select.history)")
+        raise HistoryError(spec_path, "history.yaml not found",
+                           "describe the tables in history.yaml (see mc_bench.select.history)")
     try:
         spec = load_yaml(spec_path.read_text()) or {}
     except yaml.YAMLError as err:
@@ -482,9 +489,9 @@ def load_history(folder: str | Path) -> History:
     for key, kind in (("quality", dict), ("similarity", dict), ("runs", str), ("model_features", str),
                       ("dataset_features", str), ("probe", str), ("profiles", str), ("label", str)):
         if spec.get(key) is not None and not isinstance(spec[key], kind):
+            what = "mapping" if kind is dict else "column name" if key == "label" else "file name"
             raise HistoryError(spec_path, f"`{key}` is {type(spec[key]).__name__} {spec[key]!r}",
-                               f"write `{key}` as a {'mapping' if kind is dict else 'file name' if key != 'label' else 'column name'}"
-                               " (see mc_bench.select.history)")
+                               f"write `{key}` as a {what} (see mc_bench.select.history)")
     sim_spec = spec.get("similarity")
     sim = None
     kind = "similarity"

@@ -22,7 +22,8 @@ regressor of a model's (normalised) accuracy after fine-tuning on the pair's fea
   squares, solved stably).
 
 Where the kit departs from the published code (each measured in ``benchmarks/transfergraph.py``): the graph is
-undirected by default (theirs is directed, model → dataset → later dataset: ``directed=True``); the embedding is gensim's skip-gram, seeded
+undirected by default (theirs is directed, model → dataset → later dataset: ``directed=True``); the embedding is
+gensim's skip-gram, seeded
 (theirs is a PyTorch skip-gram, unseeded: each published number is one draw); categorical features get the same codes
 in training and test rows (theirs are label-encoded separately); the fine-tuning run's own ``train_runtime`` is not
 a feature (for the target it is known only after fine-tuning); repeated runs of a pair are averaged (theirs are

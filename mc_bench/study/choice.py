@@ -219,7 +219,8 @@ def rank_for_folder(history: History, dataset: str, images: list, captions: list
     return scores.sort_values(ascending=False, kind="stable"), grown
 
 
-def choose_for_folder(history: str | Path, images: str | Path, fine_tune: int | str = "auto", out: str | Path | None = None,
+def choose_for_folder(history: str | Path, images: str | Path, fine_tune: int | str = "auto",
+                      out: str | Path | None = None,
                       level: float = 0.9, method: str = "mc", scheduler: str | None = None, workers: int | None = None,
                       add_to_history: str | Path | None = None, overrides: dict | None = None,
                       manifests: str | Path | None = None, weights: str | None = None,
@@ -344,6 +345,7 @@ def choice_html(result: dict, out: Path) -> str:
             f"<h1>Fine-tune {html.escape(str(result['winner']))}</h1>"
             f"<p>{result['n_images']} images; {result['k']} candidates fine-tuned ({html.escape(result['k_why'])}); "
             f"{label} {'lower' if result['direction'] == 'lower' else 'higher'} is better"
-            + (f"; margin over the runner-up {margin:.3f}" if margin is not None else "") + f"; {result['seconds']} s.</p>"
+            + (f"; margin over the runner-up {margin:.3f}" if margin is not None else "")
+            + f"; {result['seconds']} s.</p>"
             f"<table border=1 cellpadding=4><tr><th>rank</th><th>model</th><th>status</th><th>{label}</th>"
             f"<th>seconds</th></tr>{rows}</table><p>The ranking ({result['method']}): {ranking}</p>{image}")

@@ -150,7 +150,8 @@ def _check_hub_dataset(spec, profile: Profile, online: bool) -> Check:
         features, splits = _hub_dataset_info(spec, online and not hub_offline())
     except Exception as err:  # unknown id, revision or config; offline and not cached
         status = UNCHECKED if not online or hub_offline() else PROBLEM
-        return Check("dataset", spec.id, status, f"{where}: cannot be resolved{' offline' if status == UNCHECKED else ''}"
+        offline = " offline" if status == UNCHECKED else ""
+        return Check("dataset", spec.id, status, f"{where}: cannot be resolved{offline}"
                      f" ({getattr(err, 'problem', str(err))[:200]})",
                      getattr(err, "fix", "check the id, revision and params.config in datasets.yaml"))
     image, caption = detect_columns(features)

@@ -165,12 +165,14 @@ def headline(summary, ceiling=None, reference: str = "M&C") -> list[str]:
              f"grid), mean regret {mc['mean_regret']:.3f}, at {mc['seconds_per_dataset']:.1f} s per new dataset."]
     if pd.notna(mc.get("shortlist_coverage")):
         lines.append(f"Its {mc['shortlist_level']:.0%} conformal shortlist held the best model for "
-                     f"{mc['shortlist_coverage']:.3f} of the datasets with {mc['shortlist_size']:.1f} models on average.")
+                     f"{mc['shortlist_coverage']:.3f} of the datasets with {mc['shortlist_size']:.1f} models on "
+                     "average.")
     if "verdict" in table:
         for verdict, words in (("better", "ahead of"), ("worse", "behind")):
             rows = table[table["verdict"] == verdict]
             if len(rows):
-                lines.append(f"Distinguishably {words} {reference} (paired by dataset, 95 % CI excludes 0): " + "; ".join(
+                lines.append(f"Distinguishably {words} {reference} (paired by dataset, 95 % CI excludes 0): "
+                             + "; ".join(
                     f"{m} (top-1 {r['top1']:.3f}, regret {r['mean_regret']:.3f}, {r['wins']:.0f} wins / "
                     f"{r['losses']:.0f} losses, {r['seconds_per_dataset']:.1f} s)" for m, r in rows.iterrows()))
         same = table[table["verdict"] == "not distinguishable"]

@@ -237,7 +237,8 @@ def grid_workers(workers: int | None, gpus: list[str] | None) -> int:
     if workers is None:
         return len(gpus) if gpus else 2
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise InputError(f"--workers {workers}", "not a positive number of worker processes", "pass --workers 1 or more")
+        raise InputError(f"--workers {workers}", "not a positive number of worker processes",
+                         "pass --workers 1 or more")
     if gpus and workers > len(gpus):
         raise InputError(f"--workers {workers}", f"more workers than GPUs ({len(gpus)}): cells would share a GPU and "
                          "their timings would include each other", f"pass --workers {len(gpus)} or fewer (or leave "
@@ -309,7 +310,8 @@ def run_grid(study_dir: str | Path, profile_id: str, manifests: str | Path | Non
     counts = {"done": len(done), "failed": len(failed)}
 
     def show():
-        bar.set_postfix(done=counts["done"], failed=counts["failed"], remaining=total - counts["done"] - counts["failed"])
+        left = total - counts["done"] - counts["failed"]
+        bar.set_postfix(done=counts["done"], failed=counts["failed"], remaining=left)
 
     show()
     if todo:

@@ -155,7 +155,8 @@ def probe_agreement(full: pd.DataFrame, cheap: pd.DataFrame, higher_is_better: b
             continue
         good = pair if higher_is_better else -pair
         rank_in_cheap = good["cheap"].rank(ascending=False, method="min")
-        rows.append({"dataset": dataset, "n_models": len(pair), "spearman": float(spearmanr(pair["full"], pair["cheap"])[0]),
+        rows.append({"dataset": dataset, "n_models": len(pair),
+                     "spearman": float(spearmanr(pair["full"], pair["cheap"])[0]),
                      "same_best": bool(good["full"].idxmax() == good["cheap"].idxmax()),
                      "full_best_rank_in_cheap": int(rank_in_cheap[good["full"].idxmax()])})
     return pd.DataFrame(rows)

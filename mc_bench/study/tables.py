@@ -173,7 +173,8 @@ def model_features(manifests: Manifests, models: list[str]) -> pd.DataFrame:
 
 def pretraining_datasets(manifests: Manifests, models: list[str], exclude=()) -> list[str]:
     """The datasets of ``manifests`` that ``models`` were pretrained on (their ``pretrain_datasets`` metadata)."""
-    named = {d for model in models for d in str(manifests.models[model].metadata.get("pretrain_datasets", "")).split(";")}
+    named = {d for model in models
+             for d in str(manifests.models[model].metadata.get("pretrain_datasets", "")).split(";")}
     return sorted((named & set(manifests.datasets)) - set(exclude))
 
 

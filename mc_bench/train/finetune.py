@@ -207,7 +207,7 @@ class Trainer:
             loss = self.micro_step()
             self.scaler.scale(loss / accumulation).backward()
             parts.append(loss.detach().float() / accumulation)
-        total = float(torch.stack(parts).sum().item())  # the step's one host sync (the loss stays on the GPU until here)
+        total = float(torch.stack(parts).sum().item())  # the step's one host sync (the loss stays on the GPU till here)
         if not np.isfinite(total) and not self.scaler.is_enabled():  # before the update: the weights stay finite
             raise FloatingPointError(f"non-finite loss ({total}) at step {self.step + 1}")
         self.scaler.unscale_(self.optimizer)

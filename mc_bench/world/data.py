@@ -57,7 +57,8 @@ def dataset_folder(manifests: Manifests, spec: DatasetSpec, root: Path | None = 
 
 def _read_metadata(path: Path) -> list[dict]:
     if not path.is_file():
-        raise ManifestError(path, "metadata.jsonl is missing", "add one JSON object per image with `file_name` and a caption")
+        raise ManifestError(path, "metadata.jsonl is missing",
+                            "add one JSON object per image with `file_name` and a caption")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
@@ -70,9 +71,11 @@ def _read_metadata(path: Path) -> list[dict]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
-            raise ManifestError(f"{path}, row {line_no}", f"not valid JSON ({err.msg})", "write one JSON object per line") from None
+            raise ManifestError(f"{path}, row {line_no}", f"not valid JSON ({err.msg})",
+                                "write one JSON object per line") from None
         if not isinstance(row, dict):
-            raise ManifestError(f"{path}, row {line_no}", "a row must be a JSON object", "write {\"file_name\": ..., ...}")
+            raise ManifestError(f"{path}, row {line_no}", "a row must be a JSON object",
+                                "write {\"file_name\": ..., ...}")
         rows.append((line_no, row))
     return rows
 
@@ -174,7 +177,8 @@ def read_image_folder(folder: str | Path, caption_column: str = "text") -> tuple
     meta = split_dir / "metadata.jsonl"
     if not meta.is_file():
         raise ManifestError(folder, "no metadata.jsonl (looked in the folder and in train/)",
-                            'write one JSON object per image, {"file_name": ..., "text": <caption>}, into metadata.jsonl')
+                            'write one JSON object per image, {"file_name": ..., "text": <caption>}, into '
+                            'metadata.jsonl')
     rows = _read_metadata(meta)
     if not rows:
         raise ManifestError(meta, "no rows", "list the folder's images in metadata.jsonl")
@@ -196,12 +200,14 @@ def read_image_folder(folder: str | Path, caption_column: str = "text") -> tuple
         try:
             target = (split_dir / name).resolve()
         except (OSError, RuntimeError):  # a symlink loop
-            raise ManifestError(where, f"image {name!r} is a symbolic link that loops", "replace it by the image file") from None
+            raise ManifestError(where, f"image {name!r} is a symbolic link that loops",
+                                "replace it by the image file") from None
         if not target.is_relative_to(root) or not target.is_file():
             raise ManifestError(where, f"image {name!r} is missing or outside the folder", f"add {split_dir / name}")
         if caption_column not in row:
             raise ManifestError(where, f"no {caption_column!r} key (the row has {sorted(row)})",
-                                f"name the caption {caption_column!r}: {{\"file_name\": ..., \"{caption_column}\": ...}}")
+                                f"name the caption {caption_column!r}: "
+                                f"{{\"file_name\": ..., \"{caption_column}\": ...}}")
         if not isinstance(caption, str) or not caption.strip():
             raise ManifestError(where, f"empty caption in column {caption_column!r}", "write a caption for the image")
         try:

@@ -448,7 +448,8 @@ def generate(spec, resolution: int) -> tuple[np.ndarray, list[str]]:
     unknown = sorted(set(params) - params.read)
     if unknown:  # a misspelled parameter would otherwise be ignored in silence
         raise ManifestError(f"datasets.yaml, entry {spec.id!r}, field `params`",
-                            f"parameters {unknown} are not read by the {name} generator (it read {sorted(params.read)})",
+                            f"parameters {unknown} are not read by the {name} generator "
+                            f"(it read {sorted(params.read)})",
                             f"correct the names; see mc_bench/world/generators.py::gen_{name}")
     return out
 

@@ -62,7 +62,8 @@ ALL_SOURCES = ("src-animals", "src-digits", "src-glyphs-sans", "src-glyphs-serif
 ZOO: tuple[ZooModel, ...] = (
     ZooModel("zoo-animals", ("src-animals",), (32, 64), 1, "epsilon", "scaled_linear", 1500),
     ZooModel("zoo-glyphs", ("src-glyphs-sans", "src-glyphs-serif"), (32, 64), 1, "epsilon", "linear", 1500),
-    ZooModel("zoo-digits-glyphs", ("src-digits", "src-glyphs-sans"), (48, 96), 1, "v_prediction", "scaled_linear", 1500),
+    ZooModel("zoo-digits-glyphs", ("src-digits", "src-glyphs-sans"), (48, 96), 1, "v_prediction", "scaled_linear",
+             1500),
     ZooModel("zoo-textures-photos", ("src-textures", "src-photos", "src-faces"), (48, 96), 2, "epsilon",
              "squaredcos_cap_v2", 1200),
     ZooModel("zoo-shapes", ("src-shapes",), (32, 64), 1, "sample", "linear", 1000),
@@ -72,7 +73,8 @@ ZOO: tuple[ZooModel, ...] = (
     ZooModel("zoo-large-natural", ("src-animals", "src-textures", "src-photos", "src-faces"), (64, 128), 1,
              "v_prediction", "scaled_linear", 2000),
     ZooModel("zoo-all-short", ALL_SOURCES, (48, 96), 1, "epsilon", "linear", 300),
-    ZooModel("zoo-animals-shapes", ("src-animals", "src-shapes"), (48, 96), 1, "v_prediction", "squaredcos_cap_v2", 1500),
+    ZooModel("zoo-animals-shapes", ("src-animals", "src-shapes"), (48, 96), 1, "v_prediction", "squaredcos_cap_v2",
+             1500),
     ZooModel("zoo-faces-photos", ("src-faces", "src-photos"), (32, 64), 2, "sample", "scaled_linear", 1500),
     # Other families, as a 2026 candidate list has them (issue 17); not in the cpu-paper study's 10 candidates.
     ZooModel("zoo-xl-natural", ("src-animals", "src-textures", "src-photos", "src-faces"), (32, 64), 1, "epsilon",
@@ -217,7 +219,8 @@ def write_models_manifest(path: Path, root: Path = WORLD_MODELS, specs: tuple[Zo
             "license": "MIT",
             "metadata": model_metadata(record)})
     header = ("# Candidate text-to-image models (schema: data_manifests/README.md).\n"
-              "# The zoo entries are written by `mc-bench world zoo`; add hub models with `source: hf:<id>` + revision.\n")
+              "# The zoo entries are written by `mc-bench world zoo`; add hub models with `source: hf:<id>` "
+              "+ revision.\n")
     Path(path).write_text(header + yaml.safe_dump({"models": entries}, sort_keys=False, width=110))
     return Path(path)
 
