@@ -21,7 +21,6 @@ what is not in it. ``mc-bench run`` runs the offline checks first and stops on a
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from ..errors import InputError, McBenchError
 from ..evaluate import MIN_FID_IMAGES
 from ..paths import hub_id
 from ..weights import BACKBONES, backbone_file
-from ..world.data import validate_dataset
+from ..world.data import hub_offline, validate_dataset
 
 OK, PROBLEM, UNCHECKED = "ok", "problem", "not checked"
 
@@ -50,10 +49,6 @@ class Check:
     status: str
     detail: str
     fix: str = ""
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
 
 
 # ------------------------------------------------------------------------------------------- models
@@ -142,8 +137,6 @@ def _hub_dataset_info(spec, online: bool) -> tuple[dict, dict[str, int]]:
 
 
 def _check_hub_dataset(spec, profile: Profile, online: bool) -> Check:
-    from ..world.data import hub_offline
-
     repo = hub_id(spec.source)
     where = f"hf:{repo}@{spec.revision}"
     try:
@@ -257,7 +250,7 @@ def preflight(profile_id: str, manifests: str | Path | None = None, weights: str
     broken one fails only its own cells)."""
     from ..paths import study_dir_for
 
-    online = not _offline() if online is None else online
+    online = not hub_offline() if online is None else online
     m = load_manifests(manifests)
     profile = m.profile(profile_id)
     rows, families = [], []
